@@ -1,0 +1,14 @@
+"""zigllama_lib: LLM inference from GGUF bytes to streamed text, in six layers."""
+from .foundation.errors import ZigLlamaError
+
+__version__ = "0.1.0"
+
+
+def load(name_or_path, **kwargs):
+    """Load a model by registry name (e.g. ``"smollm2-135m-instruct"``) or ``.gguf`` path."""
+    from .models import load_model
+
+    return load_model(name_or_path, **kwargs)
+
+
+__all__ = ["ZigLlamaError", "load", "__version__"]
