@@ -4,11 +4,11 @@ from .foundation.errors import ZigLlamaError
 __version__ = "0.1.0"
 
 
-def load(name_or_path, **kwargs):
+def load(name_or_path="smollm2-135m-instruct", **kwargs):
     """Load a model by registry name (e.g. ``"smollm2-135m-instruct"``) or ``.gguf`` path."""
-    from .models import load_model
+    from .inference.engine import load as _load
 
-    return load_model(name_or_path, **kwargs)
+    return _load(name_or_path, **kwargs)
 
 
 __all__ = ["ZigLlamaError", "load", "__version__"]
