@@ -106,8 +106,10 @@ SCALAR_DTYPES: dict[GGUFValueType, np.dtype] = {
 }
 
 # scalar value type -> precompiled struct reader
+_STRUCT_CODES = {"u1": "B", "i1": "b", "u2": "H", "i2": "h", "u4": "I", "i4": "i",
+                 "u8": "Q", "i8": "q", "f4": "f", "f8": "d"}
 SCALAR_STRUCTS: dict[GGUFValueType, struct.Struct] = {
-    t: struct.Struct("<" + dt.char) for t, dt in SCALAR_DTYPES.items()
+    t: struct.Struct("<" + _STRUCT_CODES[dt.str[1:]]) for t, dt in SCALAR_DTYPES.items()
 }
 
 # ggml types whose data have a plain numpy dtype
@@ -287,22 +289,29 @@ class _HeaderReader:
 
     def string_array(self, n: int, what: str) -> list[str]:
         """``n`` strings: the hot loop of a vocabulary, kept free of method calls."""
-        buf, size, unpack, cs = self.buf, self.size, self.cnt.unpack_from, self.cnt_size
-        pos = self.pos
-        out: list[str] = [""] * n
-        for i in range(n):
-            if pos + cs > size:
-                self.pos = pos
-                raise self.truncated(f"length of {what}[{i}]", cs)
-            ln = unpack(buf, pos)[0]
-            pos += cs
-            if ln > size - pos:
-                self.pos = pos
-                raise self.truncated(f"{what}[{i}]", ln)
-            out[i] = str(buf[pos : pos + ln], "utf-8", "surrogateescape")
-            pos += ln
+        # No per-item bounds test: ``unpack_from`` raises past the end of the
+        # buffer, slices clamp to it, and ``pos`` only grows, so one check
+        # after the loop (``pos <= size``) catches any overrun.
+        buf, unpack, cs = self.buf, self.cnt.unpack_from, self.cnt_size
+        pos = start = self.pos
+        raw: list[bytes] = []
+        append = raw.append
+        try:
+            for _ in range(n):
+                ln = unpack(buf, pos)[0]
+                append(buf[pos + cs : pos + cs + ln])
+                pos += cs + ln
+        except struct.error:
+            pass
+        i = len(raw)
+        if pos > self.size:  # string i - 1 ran past the end
+            self.pos = pos - cs - ln
+            raise self.truncated(f"{what}[{i - 1}] (string array at offset {start})", cs + ln)
+        if i < n:  # the length of string i is cut
+            self.pos = pos
+            raise self.truncated(f"length of {what}[{i}] (string array at offset {start})", cs)
         self.pos = pos
-        return out
+        return [b.decode("utf-8", "surrogateescape") for b in raw]
 
 
 def _open_checked(path: str) -> tuple[Any, int]:
