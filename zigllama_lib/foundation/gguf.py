@@ -301,7 +301,7 @@ class _HeaderReader:
                 ln = unpack(buf, pos)[0]
                 append(buf[pos + cs : pos + cs + ln])
                 pos += cs + ln
-        except struct.error:
+        except (struct.error, OverflowError):  # read past the end (OverflowError: past 2^63)
             pass
         i = len(raw)
         if pos > self.size:  # string i - 1 ran past the end
