@@ -83,12 +83,12 @@ _INT_LIMITS = {
 # --------------------------------------------------------------------------
 # type inference
 # --------------------------------------------------------------------------
-def _int_type(v: int) -> GGUFValueType:
+def _int_type(v: int, what: str) -> GGUFValueType:
     for t in _INT_WIDENING:
         lo, hi = _INT_LIMITS[t]
         if lo <= v <= hi:
             return t
-    raise GGUFError(f"integer {v} does not fit any GGUF integer type")
+    raise GGUFError(f"{what}: integer {v} does not fit any GGUF integer type")
 
 
 def _numpy_type(dtype: np.dtype, what: str) -> GGUFValueType:
@@ -123,7 +123,7 @@ def infer_type(value: Any, what: str = "value") -> MetadataType:
     if isinstance(value, np.generic):  # before int/float: np.float64 subclasses float
         return MetadataType(_numpy_type(value.dtype, what))
     if isinstance(value, int):
-        return MetadataType(_int_type(value))
+        return MetadataType(_int_type(value, what))
     if isinstance(value, float):
         return MetadataType(GGUFValueType.FLOAT32)
     if isinstance(value, np.ndarray):
