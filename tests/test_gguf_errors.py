@@ -174,7 +174,7 @@ def test_missing_path(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_truncated_at_every_offset(tmp_path, version):
     blob = valid_file(version)
     p = tmp_path / "cut.gguf"

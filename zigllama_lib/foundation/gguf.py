@@ -45,8 +45,8 @@ Speed
 -----
 The header is parsed from a read-only :class:`mmap.mmap` with precompiled
 :class:`struct.Struct` readers; numeric arrays are decoded in bulk with
-``np.frombuffer`` and string arrays in one tight loop, so a 262k-token
-vocabulary parses in well under a second. Tensor data is never copied: each
+``np.frombuffer`` and string arrays in one tight loop, so the header of a
+262k-token vocabulary (gemma-3) parses in about 0.13 s. Tensor data is never copied: each
 tensor is a slice of one read-only ``numpy.memmap`` of the whole file.
 """
 
@@ -125,6 +125,8 @@ GGML_NUMPY_DTYPES: dict[GGMLType, np.dtype] = {
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+# (count size, n_dims) -> reader of a tensor's ne[]: u64 each (v2/v3) or u32 (v1)
+_DIMS = {(c, n): struct.Struct(f"<{n}{'Q' if c == 8 else 'I'}") for c in (4, 8) for n in range(GGML_MAX_DIMS + 1)}
 
 
 class GGUFUnsupportedTypeError(GGUFError, UnsupportedTypeError):
@@ -220,10 +222,10 @@ class _HeaderReader:
         n = self.read(self.cnt, what)
         remaining = self.size - self.pos
         if n > remaining // min_item_bytes:
+            each = f" and each item needs at least {min_item_bytes}" if min_item_bytes > 1 else ""
             raise TruncatedFileError(
                 f"{self.path}: {what} at offset {start} is {n}, but only {remaining} bytes "
-                f"remain and each item needs at least {min_item_bytes} "
-                f"(absurd count or truncated file)"
+                f"remain{each} (absurd count or truncated file)"
             )
         return n
 
@@ -436,8 +438,7 @@ class GGUFFile:
             raise GGUFError(
                 f"{self.path}: {what} has n_dims = {n_dims} (at most {GGML_MAX_DIMS} are allowed)"
             )
-        dims = struct.Struct(f"<{n_dims}{'Q' if r.cnt_size == 8 else 'I'}")
-        shape = r.read_many(dims, f"shape of {what}") if n_dims else ()
+        shape = r.read_many(_DIMS[r.cnt_size, n_dims], f"shape of {what}") if n_dims else ()
         type_id = r.read(_U32, f"ggml type of {what}")
         offset = r.read(_U64, f"data offset of {what}")
         return name, shape, type_id, offset
