@@ -12,5 +12,11 @@ Formats: one module per family (``float_formats``, ``legacy``, ``kquants``),
 each with a header describing its bit layout.
 """
 from .dequant import SUPPORTED_TYPES, dequantize, dequantize_reference, get_rows
+from .matmul import MODES, VEC_DOT_TYPE, QMatrix, matmul, matmul_reference
+from .q8 import quantize_q8_0, quantize_q8_1, quantize_q8_K
 
-__all__ = ["SUPPORTED_TYPES", "dequantize", "dequantize_reference", "get_rows"]
+__all__ = [
+    "SUPPORTED_TYPES", "dequantize", "dequantize_reference", "get_rows",
+    "QMatrix", "matmul", "matmul_reference", "MODES", "VEC_DOT_TYPE",
+    "quantize_q8_0", "quantize_q8_1", "quantize_q8_K",
+]

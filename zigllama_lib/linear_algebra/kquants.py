@@ -84,69 +84,101 @@ def scale_min_k4(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, mn
 
 
-def dequantize_blocks_q2_K(blocks: np.ndarray) -> np.ndarray:
-    """``(n, 84) uint8 -> (n, 256) float32``."""
+# Each unpack_* splits (n, type_size) super-blocks into named fields, with one
+# scale (and min) per group of 16 weights for every type (the 32-weight
+# sub-blocks of q4_K / q5_K repeat theirs twice):
+#   d, dmin: (n,) float32 (dmin = 0 for q3_K, q6_K); sc, mn: (n, 16) int32; q: (n, 256) int8
+def unpack_q2_K(blocks: np.ndarray):
     n = blocks.shape[0]
     scales, qs = blocks[:, 0:16], blocks[:, 16:80]
-    d, dmin = _f16(blocks[:, 80:82]), _f16(blocks[:, 82:84])
-    dl = (d * (scales & 15).astype(np.float32)).reshape(n, 16, 1)
-    ml = (dmin * (scales >> 4).astype(np.float32)).reshape(n, 16, 1)
-    q = _crumbs(qs.reshape(n, 2, 32)).reshape(n, 16, 16).astype(np.float32)  # [h, j, l] -> s = 8h+2j+l//16
-    return (dl * q - ml).reshape(n, QK_K)
+    d, dmin = _f16(blocks[:, 80:82])[:, 0], _f16(blocks[:, 82:84])[:, 0]
+    q = _crumbs(qs.reshape(n, 2, 32)).reshape(n, QK_K)  # [h, j, l] -> weight 128h + 32j + l
+    return d, dmin, (scales & 15).astype(np.int32), (scales >> 4).astype(np.int32), q.astype(np.int8)
 
 
-def dequantize_blocks_q3_K(blocks: np.ndarray) -> np.ndarray:
-    """``(n, 110) uint8 -> (n, 256) float32``."""
+def unpack_q3_K(blocks: np.ndarray):
     n = blocks.shape[0]
     hmask, qs, scales = blocks[:, 0:32], blocks[:, 32:96], blocks[:, 96:108]
-    d = _f16(blocks[:, 108:110])
+    d = _f16(blocks[:, 108:110])[:, 0]
     low4 = np.concatenate([scales[:, 0:8] & 15, scales[:, 0:8] >> 4], axis=1)  # (n, 16)
     high2 = _crumbs(scales[:, None, 8:12]).reshape(n, 16)  # [k, i] -> s = 4k + i
-    sc = (low4 | (high2 << 4)).astype(np.int8) - np.int8(32)
-    dl = (d * sc.astype(np.float32)).reshape(n, 16, 1)
-    lo2 = _crumbs(qs.reshape(n, 2, 32))  # (n, 2, 4, 32) [h, j, l]
+    sc = (low4 | (high2 << 4)).astype(np.int32) - 32
+    lo2 = _crumbs(qs.reshape(n, 2, 32)).astype(np.int8)  # (n, 2, 4, 32) [h, j, l]
     bit = (hmask[:, None, :] >> np.arange(8, dtype=np.uint8)[:, None]) & 1  # (n, 8, 32) [4h + j, l]
-    q = lo2.astype(np.int8) - ((bit.reshape(n, 2, 4, 32) ^ 1) << 2).astype(np.int8)
-    return (dl * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
+    q = lo2 - ((bit.reshape(n, 2, 4, 32) ^ 1) << 2).astype(np.int8)
+    return d, np.zeros_like(d), sc, np.zeros_like(sc), q.reshape(n, QK_K)
 
 
-def dequantize_blocks_q4_K(blocks: np.ndarray) -> np.ndarray:
-    """``(n, 144) uint8 -> (n, 256) float32``."""
+def unpack_q4_K(blocks: np.ndarray):
     n = blocks.shape[0]
-    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    d, dmin = _f16(blocks[:, 0:2])[:, 0], _f16(blocks[:, 2:4])[:, 0]
     sc, mn = scale_min_k4(blocks[:, 4:16])
-    qs = blocks[:, 16:144].reshape(n, 4, 1, 32)
-    q = (qs >> np.array([0, 4], np.uint8)[:, None]) & 15  # (n, 4, 2, 32) [c, k, l]
-    ds = (d * sc.astype(np.float32)).reshape(n, 8, 1)
-    dm = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
-    return (ds * q.reshape(n, 8, 32).astype(np.float32) - dm).reshape(n, QK_K)
+    q = (blocks[:, 16:144].reshape(n, 4, 1, 32) >> np.array([0, 4], np.uint8)[:, None]) & 15  # [c, k, l]
+    return (d, dmin, np.repeat(sc, 2, axis=1).astype(np.int32), np.repeat(mn, 2, axis=1).astype(np.int32),
+            q.reshape(n, QK_K).astype(np.int8))
 
 
-def dequantize_blocks_q5_K(blocks: np.ndarray) -> np.ndarray:
-    """``(n, 176) uint8 -> (n, 256) float32``."""
+def unpack_q5_K(blocks: np.ndarray):
     n = blocks.shape[0]
-    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    d, dmin = _f16(blocks[:, 0:2])[:, 0], _f16(blocks[:, 2:4])[:, 0]
     sc, mn = scale_min_k4(blocks[:, 4:16])
     qh, qs = blocks[:, 16:48], blocks[:, 48:176]
     lo = (qs.reshape(n, 4, 1, 32) >> np.array([0, 4], np.uint8)[:, None]) & 15  # (n, 4, 2, 32)
     hi = (qh[:, None, :] >> np.arange(8, dtype=np.uint8)[:, None]) & 1  # (n, 8, 32) [s, l]
     q = lo.reshape(n, 8, 32) | (hi << 4)
-    ds = (d * sc.astype(np.float32)).reshape(n, 8, 1)
-    dm = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
-    return (ds * q.astype(np.float32) - dm).reshape(n, QK_K)
+    return (d, dmin, np.repeat(sc, 2, axis=1).astype(np.int32), np.repeat(mn, 2, axis=1).astype(np.int32),
+            q.reshape(n, QK_K).astype(np.int8))
+
+
+def unpack_q6_K(blocks: np.ndarray):
+    n = blocks.shape[0]
+    ql, qh = blocks[:, 0:128], blocks[:, 128:192]
+    sc = blocks[:, 192:208].view(np.int8).astype(np.int32)
+    d = _f16(blocks[:, 208:210])[:, 0]
+    lo = (ql.reshape(n, 2, 1, 2, 32) >> np.array([0, 4], np.uint8)[:, None, None]) & 15  # [h, k//2, k%2, l]
+    hi = _crumbs(qh.reshape(n, 2, 32))  # (n, 2, 4, 32) [h, k, l]
+    q = (lo.reshape(n, 2, 4, 32) | (hi << 4)).astype(np.int8) - np.int8(32)
+    return d, np.zeros_like(d), sc, np.zeros_like(sc), q.reshape(n, QK_K)
+
+
+UNPACK = {"Q2_K": unpack_q2_K, "Q3_K": unpack_q3_K, "Q4_K": unpack_q4_K, "Q5_K": unpack_q5_K,
+          "Q6_K": unpack_q6_K}
+
+
+def _dequantize(unpack, blocks: np.ndarray, with_min: bool) -> np.ndarray:
+    """``w = (d * sc) * q - (dmin * mn)`` per group of 16 (the min term only for q2/q4/q5_K)."""
+    n = blocks.shape[0]
+    d, dmin, sc, mn, q = unpack(blocks)
+    ds = (d[:, None] * sc.astype(np.float32))[:, :, None]  # (n, 16, 1)
+    w = ds * q.reshape(n, 16, 16).astype(np.float32)
+    if with_min:
+        w = w - (dmin[:, None] * mn.astype(np.float32))[:, :, None]
+    return w.reshape(n, QK_K)
+
+
+def dequantize_blocks_q2_K(blocks: np.ndarray) -> np.ndarray:
+    """``(n, 84) uint8 -> (n, 256) float32``."""
+    return _dequantize(unpack_q2_K, blocks, True)
+
+
+def dequantize_blocks_q3_K(blocks: np.ndarray) -> np.ndarray:
+    """``(n, 110) uint8 -> (n, 256) float32``."""
+    return _dequantize(unpack_q3_K, blocks, False)
+
+
+def dequantize_blocks_q4_K(blocks: np.ndarray) -> np.ndarray:
+    """``(n, 144) uint8 -> (n, 256) float32``."""
+    return _dequantize(unpack_q4_K, blocks, True)
+
+
+def dequantize_blocks_q5_K(blocks: np.ndarray) -> np.ndarray:
+    """``(n, 176) uint8 -> (n, 256) float32``."""
+    return _dequantize(unpack_q5_K, blocks, True)
 
 
 def dequantize_blocks_q6_K(blocks: np.ndarray) -> np.ndarray:
     """``(n, 210) uint8 -> (n, 256) float32``."""
-    n = blocks.shape[0]
-    ql, qh = blocks[:, 0:128], blocks[:, 128:192]
-    sc = blocks[:, 192:208].view(np.int8).astype(np.float32)
-    d = _f16(blocks[:, 208:210])
-    lo = (ql.reshape(n, 2, 1, 2, 32) >> np.array([0, 4], np.uint8)[:, None, None]) & 15  # [h, k//2, k%2, l]
-    hi = _crumbs(qh.reshape(n, 2, 32))  # (n, 2, 4, 32) [h, k, l]
-    q = (lo.reshape(n, 2, 4, 32) | (hi << 4)).astype(np.int8) - np.int8(32)
-    ds = (d * sc).reshape(n, 16, 1)
-    return (ds * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
+    return _dequantize(unpack_q6_K, blocks, False)
 
 
 # -- Numba: one row at a time ------------------------------------------------------
@@ -257,3 +289,69 @@ def row_q6_K(row, lut, out):
                     q = np.int32(lo | (hi << 4)) - 32
                     ds = d * np.float32(sc[8 * h + 2 * k + l // 16])
                     out[y + 128 * h + 32 * k + l] = ds * np.float32(q)
+
+
+# -- Numba: unpack a row for the integer dot products with Q8_K ------------------------------
+# wq: (n,) int8; wsc, wmn: (n/16,) int32 per group of 16; wd, wdm: (n/256,) float32.
+@njit(cache=True, inline="always")
+def unpack_row(code, row, lut, wq, wsc, wmn, wd, wdm):
+    """Row of ggml type ``code`` (Q2_K..Q6_K: 10..14) -> the planes of ``unpack_*``."""
+    for ib in range(wd.shape[0]):
+        y, g = ib * QK_K, ib * 16
+        if code == 12 or code == 13:  # Q4_K, Q5_K
+            size = SIZEOF_BLOCK_Q4_K if code == 12 else SIZEOF_BLOCK_Q5_K
+            o = ib * size
+            wd[ib], wdm[ib] = half(row, o, lut), half(row, o + 2, lut)
+            for s in range(8):
+                sc, mn = scale_min(row, o + 4, s)
+                wsc[g + 2 * s] = sc
+                wsc[g + 2 * s + 1] = sc
+                wmn[g + 2 * s] = mn
+                wmn[g + 2 * s + 1] = mn
+            qo = o + 16 if code == 12 else o + 48
+            for c in range(4):
+                for l in range(32):
+                    b = np.int32(row[qo + 32 * c + l])
+                    lo, hi = b & 15, b >> 4
+                    if code == 13:
+                        h = np.int32(row[o + 16 + l])
+                        lo |= ((h >> (2 * c)) & 1) << 4
+                        hi |= ((h >> (2 * c + 1)) & 1) << 4
+                    wq[y + 64 * c + l] = lo
+                    wq[y + 64 * c + 32 + l] = hi
+        elif code == 14:  # Q6_K
+            o = ib * SIZEOF_BLOCK_Q6_K
+            wd[ib], wdm[ib] = half(row, o + 208, lut), 0
+            sc = row[o + 192 : o + 208].view(np.int8)
+            for s in range(16):
+                wsc[g + s] = sc[s]
+                wmn[g + s] = 0
+            for h in range(2):
+                for k in range(4):
+                    shift = 4 * (k // 2)
+                    for l in range(32):
+                        lo = (np.int32(row[o + 64 * h + 32 * (k % 2) + l]) >> shift) & 15
+                        hi = (np.int32(row[o + 128 + 32 * h + l]) >> (2 * k)) & 3
+                        wq[y + 128 * h + 32 * k + l] = (lo | (hi << 4)) - 32
+        elif code == 10:  # Q2_K
+            o = ib * SIZEOF_BLOCK_Q2_K
+            wd[ib], wdm[ib] = half(row, o + 80, lut), half(row, o + 82, lut)
+            for s in range(16):
+                wsc[g + s] = np.int32(row[o + s] & 15)
+                wmn[g + s] = np.int32(row[o + s] >> 4)
+            for h in range(2):
+                for j in range(4):
+                    for l in range(32):
+                        wq[y + 128 * h + 32 * j + l] = (np.int32(row[o + 16 + 32 * h + l]) >> (2 * j)) & 3
+        else:  # Q3_K
+            o = ib * SIZEOF_BLOCK_Q3_K
+            wd[ib], wdm[ib] = half(row, o + 108, lut), 0
+            for s in range(16):
+                wsc[g + s] = q3_scale(row, o + 96, s)
+                wmn[g + s] = 0
+            for h in range(2):
+                for j in range(4):
+                    for l in range(32):
+                        lo2 = (np.int32(row[o + 32 + 32 * h + l]) >> (2 * j)) & 3
+                        hbit = (np.int32(row[o + l]) >> (4 * h + j)) & 1
+                        wq[y + 128 * h + 32 * j + l] = lo2 - (0 if hbit else 4)

@@ -65,37 +65,65 @@ def _high_bits(qh: np.ndarray) -> np.ndarray:
     return ((bits >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
 
 
+# Each unpack_* splits (n, type_size) blocks into named fields:
+# d, m: (n,) float32; q: (n, 32) int8 -- the integers the dot products use.
+def unpack_q4_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """block_q4_0 -> d, q = nibble - 8 (in -8..7)."""
+    d, qs = _f16(blocks[:, 0:2])[:, 0], blocks[:, 2:18]
+    return d, _nibbles(qs).astype(np.int8) - np.int8(8)
+
+
+def unpack_q4_1(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """block_q4_1 -> d, m, q = nibble (in 0..15)."""
+    d, m, qs = _f16(blocks[:, 0:2])[:, 0], _f16(blocks[:, 2:4])[:, 0], blocks[:, 4:20]
+    return d, m, _nibbles(qs).astype(np.int8)
+
+
+def unpack_q5_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """block_q5_0 -> d, q = (nibble | high bit << 4) - 16 (in -16..15)."""
+    d, qh, qs = _f16(blocks[:, 0:2])[:, 0], blocks[:, 2:6], blocks[:, 6:22]
+    return d, (_nibbles(qs) | (_high_bits(qh) << 4)).astype(np.int8) - np.int8(16)
+
+
+def unpack_q5_1(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """block_q5_1 -> d, m, q = nibble | high bit << 4 (in 0..31)."""
+    d, m, qh, qs = _f16(blocks[:, 0:2])[:, 0], _f16(blocks[:, 2:4])[:, 0], blocks[:, 4:8], blocks[:, 8:24]
+    return d, m, (_nibbles(qs) | (_high_bits(qh) << 4)).astype(np.int8)
+
+
+def unpack_q8_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """block_q8_0 -> d, q (int8)."""
+    return _f16(blocks[:, 0:2])[:, 0], np.ascontiguousarray(blocks[:, 2:34]).view(np.int8)
+
+
 def dequantize_blocks_q4_0(blocks: np.ndarray) -> np.ndarray:
-    """``(n, 18) uint8 -> (n, 32) float32``."""
-    d, qs = _f16(blocks[:, 0:2]), blocks[:, 2:18]
-    q = _nibbles(qs).astype(np.int8) - np.int8(8)
-    return d * q.astype(np.float32)
+    """``(n, 18) uint8 -> (n, 32) float32``: d * (q - 8)."""
+    d, q = unpack_q4_0(blocks)
+    return d[:, None] * q.astype(np.float32)
 
 
 def dequantize_blocks_q4_1(blocks: np.ndarray) -> np.ndarray:
-    """``(n, 20) uint8 -> (n, 32) float32``."""
-    d, m, qs = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4]), blocks[:, 4:20]
-    return d * _nibbles(qs).astype(np.float32) + m
+    """``(n, 20) uint8 -> (n, 32) float32``: d * q + m."""
+    d, m, q = unpack_q4_1(blocks)
+    return d[:, None] * q.astype(np.float32) + m[:, None]
 
 
 def dequantize_blocks_q5_0(blocks: np.ndarray) -> np.ndarray:
-    """``(n, 22) uint8 -> (n, 32) float32``."""
-    d, qh, qs = _f16(blocks[:, 0:2]), blocks[:, 2:6], blocks[:, 6:22]
-    q = (_nibbles(qs) | (_high_bits(qh) << 4)).astype(np.int8) - np.int8(16)
-    return d * q.astype(np.float32)
+    """``(n, 22) uint8 -> (n, 32) float32``: d * (q - 16)."""
+    d, q = unpack_q5_0(blocks)
+    return d[:, None] * q.astype(np.float32)
 
 
 def dequantize_blocks_q5_1(blocks: np.ndarray) -> np.ndarray:
-    """``(n, 24) uint8 -> (n, 32) float32``."""
-    d, m, qh, qs = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4]), blocks[:, 4:8], blocks[:, 8:24]
-    q = _nibbles(qs) | (_high_bits(qh) << 4)
-    return d * q.astype(np.float32) + m
+    """``(n, 24) uint8 -> (n, 32) float32``: d * q + m."""
+    d, m, q = unpack_q5_1(blocks)
+    return d[:, None] * q.astype(np.float32) + m[:, None]
 
 
 def dequantize_blocks_q8_0(blocks: np.ndarray) -> np.ndarray:
-    """``(n, 34) uint8 -> (n, 32) float32``."""
-    d, qs = _f16(blocks[:, 0:2]), blocks[:, 2:34]
-    return d * qs.view(np.int8).astype(np.float32)
+    """``(n, 34) uint8 -> (n, 32) float32``: d * q."""
+    d, q = unpack_q8_0(blocks)
+    return d[:, None] * q.astype(np.float32)
 
 
 # -- Numba: one row at a time ------------------------------------------------------
@@ -170,3 +198,43 @@ def row_q8_0(row, lut, out):
         qs = row[o + 2 : o + 34].view(np.int8)
         for j in range(32):
             out[y + j] = d * np.float32(qs[j])
+
+
+# -- Numba: unpack a row for the integer dot products ------------------------------------
+# wq: (n,) int8 quants as in unpack_*; wd, wm: (n/32,) float32 (wm = 0 for types without m).
+@njit(cache=True, inline="always")
+def unpack_row(code, row, lut, wq, wd, wm):
+    """Row of ggml type ``code`` (Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0: 2, 3, 6, 7, 8) -> wq, wd, wm."""
+    for ib in range(wd.shape[0]):
+        y = ib * 32
+        if code == 8:  # Q8_0
+            o = ib * SIZEOF_BLOCK_Q8_0
+            wd[ib], wm[ib] = half(row, o, lut), 0
+            qs = row[o + 2 : o + 34].view(np.int8)
+            for j in range(32):
+                wq[y + j] = qs[j]
+        elif code == 2 or code == 3:  # Q4_0, Q4_1
+            if code == 2:
+                o, off, qo = ib * SIZEOF_BLOCK_Q4_0, 8, 2
+                wd[ib], wm[ib] = half(row, o, lut), 0
+            else:
+                o, off, qo = ib * SIZEOF_BLOCK_Q4_1, 0, 4
+                wd[ib], wm[ib] = half(row, o, lut), half(row, o + 2, lut)
+            for j in range(16):
+                b = np.int32(row[o + qo + j])
+                wq[y + j] = (b & 0x0F) - off
+                wq[y + j + 16] = (b >> 4) - off
+        else:  # Q5_0, Q5_1
+            if code == 6:
+                o, off, qo = ib * SIZEOF_BLOCK_Q5_0, 16, 2
+                wd[ib], wm[ib] = half(row, o, lut), 0
+            else:
+                o, off, qo = ib * SIZEOF_BLOCK_Q5_1, 0, 4
+                wd[ib], wm[ib] = half(row, o, lut), half(row, o + 2, lut)
+            qh = qh_u32(row, o + qo)
+            for j in range(16):
+                b = np.int32(row[o + qo + 4 + j])
+                h0 = np.int32((qh >> j) & 1) << 4
+                h1 = np.int32((qh >> (j + 16)) & 1) << 4
+                wq[y + j] = ((b & 0x0F) | h0) - off
+                wq[y + j + 16] = ((b >> 4) | h1) - off

@@ -1,0 +1,254 @@
+"""8-bit activation quantisers: ggml's Q8_0, Q8_1 and Q8_K (the ``vec_dot_type`` of the weights).
+
+Before a quantised dot product, llama.cpp's CPU backend quantises the activations
+``x`` block by block, then multiplies integers. Per block of ``QK`` values::
+
+    Q8_0, Q8_1 (QK = 32)                    Q8_K (QK_K = 256)
+    amax = max |x_j|                        max  = the x_j of largest |x_j| (first one)
+    d    = amax / 127          (float32)    iscale = -127 / max, q_j = nearest_int(iscale x_j)
+    id   = 1/d if d else 0                  d    = 1 / iscale   (float32, kept as float32)
+    q_j  = roundf(x_j * id)    (int8)       bsums[g] = sum of q over each 16 values (int16)
+    stored d: f16(d)                        (all zero if amax == 0)
+    Q8_1 also: s = f16(d * sum_j q_j)       # unrounded d times the integer sum
+
+``roundf`` rounds halves away from zero; ``nearest_int`` (the 1.5*2^23 trick)
+rounds halves to even. Block layouts::
+
+    block_q8_0  34 bytes | d f16 | qs[32] int8 |
+    block_q8_1  36 bytes | d f16 | s f16 | qs[32] int8 |      (gguf-py's table still says 40)
+    block_q8_K 292 bytes | d f32 | qs[256] int8 | bsums[16] int16 |
+
+``variant="ref"`` is ggml's portable reference (``quantize_row_q8_0_ref`` /
+``quantize_row_q8_1_ref``), which the generic CPU code uses. ``variant="x86"``
+mirrors the AVX / AVX2 ``quantize_row_q8_0`` / ``quantize_row_q8_1`` that an
+x86 build of llama.cpp actually runs: ``id = 127 / amax`` (not ``1 / d``) and
+``_mm256_round_ps(_MM_ROUND_NEAREST)`` (halves to even). The two differ in the
+last bit of ``id`` and so, rarely, by one in a ``q``. Q8_K has a single variant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ..foundation.errors import ConfigError
+from ..foundation.ggml_types import QK_K
+
+QK8_0 = QK8_1 = 32
+SIZEOF_BLOCK_Q8_0 = 2 + QK8_0
+SIZEOF_BLOCK_Q8_1 = 2 + 2 + QK8_1
+SIZEOF_BLOCK_Q8_K = 4 + QK_K + 2 * (QK_K // 16)
+VARIANTS = ("ref", "x86")
+
+
+def _blocks(x: np.ndarray, qk: int, what: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 0 or x.shape[-1] % qk:
+        raise ConfigError(f"{what}: the last dimension ({x.shape[-1] if x.ndim else 'scalar'}) "
+                          f"must be a multiple of {qk}")
+    return x.reshape(-1, qk), x.shape
+
+
+def _f16(v: np.ndarray) -> np.ndarray:
+    """float32 -> float16 as ggml's FP32_TO_FP16 (nearest even; too large -> inf, as the hardware does)."""
+    with np.errstate(over="ignore"):
+        return v.astype("<f2")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown q8 variant {variant!r}; expected one of {VARIANTS}")
+
+
+def roundf(v: np.ndarray) -> np.ndarray:
+    """C's ``roundf``: nearest integer, halves away from zero (exact: computed in float64)."""
+    v = v.astype(np.float64)
+    return np.copysign(np.floor(np.abs(v) + 0.5), v)
+
+
+def _q8_scale_and_quants(blocks: np.ndarray, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, 32) float32 -> d (n,) float32 (unrounded), q (n, 32) int8``."""
+    amax = np.abs(blocks).max(axis=1)  # (n,) float32
+    d = amax / np.float32(127)
+    with np.errstate(divide="ignore"):
+        if variant == "ref":
+            inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+            q = roundf(blocks * inv[:, None])
+        else:
+            inv = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+            q = np.rint(blocks * inv[:, None])
+    return d, q.astype(np.int8)
+
+
+def quantize_q8_0(x: np.ndarray, variant: str = "ref") -> np.ndarray:
+    """``x (..., n) float32 -> (..., n/32*34) uint8``: block_q8_0 bytes (numpy reference)."""
+    _check_variant(variant)
+    blocks, shape = _blocks(x, QK8_0, "quantize_q8_0")
+    d, q = _q8_scale_and_quants(blocks, variant)
+    out = np.empty((blocks.shape[0], SIZEOF_BLOCK_Q8_0), np.uint8)
+    out[:, 0:2] = _f16(d).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q.view(np.uint8)
+    return out.reshape(*shape[:-1], -1)
+
+
+def quantize_q8_1(x: np.ndarray, variant: str = "ref") -> np.ndarray:
+    """``x (..., n) float32 -> (..., n/32*36) uint8``: block_q8_1 bytes (numpy reference)."""
+    _check_variant(variant)
+    blocks, shape = _blocks(x, QK8_1, "quantize_q8_1")
+    d, q = _q8_scale_and_quants(blocks, variant)
+    s = q.astype(np.int32).sum(axis=1).astype(np.float32) * d  # float32: sum * d
+    out = np.empty((blocks.shape[0], SIZEOF_BLOCK_Q8_1), np.uint8)
+    out[:, 0:2] = _f16(d).view(np.uint8).reshape(-1, 2)
+    out[:, 2:4] = _f16(s).view(np.uint8).reshape(-1, 2)
+    out[:, 4:] = q.view(np.uint8)
+    return out.reshape(*shape[:-1], -1)
+
+
+def quantize_q8_K(x: np.ndarray) -> np.ndarray:
+    """``x (..., n) float32 -> (..., n/256*292) uint8``: block_q8_K bytes (numpy reference)."""
+    blocks, shape = _blocks(x, QK_K, "quantize_q8_K")
+    n = blocks.shape[0]
+    imax = np.abs(blocks).argmax(axis=1)  # first index of the largest |x|
+    vmax = blocks[np.arange(n), imax]
+    zero = np.abs(vmax) == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = np.where(zero, np.float32(0), np.float32(-127) / vmax).astype(np.float32)
+        q = np.minimum(np.rint(blocks * iscale[:, None]), 127).astype(np.int8)  # nearest_int: ties to even
+        d = np.where(zero, np.float32(0), np.float32(1) / iscale).astype(np.float32)
+    q[zero] = 0
+    bsums = q.reshape(n, QK_K // 16, 16).astype(np.int16).sum(axis=2, dtype=np.int16)
+    out = np.empty((n, SIZEOF_BLOCK_Q8_K), np.uint8)
+    out[:, 0:4] = d.astype("<f4").view(np.uint8).reshape(-1, 4)
+    out[:, 4:4 + QK_K] = q.view(np.uint8)
+    out[:, 4 + QK_K:] = bsums.astype("<i2").view(np.uint8).reshape(n, -1)
+    return out.reshape(*shape[:-1], -1)
+
+
+# -- byte blocks -> planes (used by the references and the tests) ------------------------
+def q8_0_planes(raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """block_q8_0 rows ``(m, n/32*34)`` -> ``q (m, n) int8``, ``d (m, n/32) float32``."""
+    b = np.ascontiguousarray(raw).reshape(-1, n // QK8_0, SIZEOF_BLOCK_Q8_0)
+    d = np.ascontiguousarray(b[..., 0:2]).view("<f2")[..., 0].astype(np.float32)
+    q = np.ascontiguousarray(b[..., 2:]).view(np.int8).reshape(-1, n)
+    return q, d
+
+
+def q8_1_planes(raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """block_q8_1 rows -> ``q (m, n) int8``, ``d, s (m, n/32) float32``."""
+    b = np.ascontiguousarray(raw).reshape(-1, n // QK8_1, SIZEOF_BLOCK_Q8_1)
+    d = np.ascontiguousarray(b[..., 0:2]).view("<f2")[..., 0].astype(np.float32)
+    s = np.ascontiguousarray(b[..., 2:4]).view("<f2")[..., 0].astype(np.float32)
+    q = np.ascontiguousarray(b[..., 4:]).view(np.int8).reshape(-1, n)
+    return q, d, s
+
+
+def q8_K_planes(raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """block_q8_K rows -> ``q (m, n) int8``, ``d (m, n/256) float32``, ``bsums (m, n/16) int16``."""
+    b = np.ascontiguousarray(raw).reshape(-1, n // QK_K, SIZEOF_BLOCK_Q8_K)
+    d = np.ascontiguousarray(b[..., 0:4]).view("<f4")[..., 0].astype(np.float32)
+    q = np.ascontiguousarray(b[..., 4:4 + QK_K]).view(np.int8).reshape(-1, n)
+    bsums = np.ascontiguousarray(b[..., 4 + QK_K:]).view("<i2").reshape(-1, n // 16).astype(np.int16)
+    return q, d, bsums
+
+
+# -- Numba: x (n_tok, n) float32 -> planes, parallel over tokens -----------------------------
+@njit(cache=True, inline="always")
+def _roundf(v):
+    a = math.floor(abs(np.float64(v)) + 0.5)
+    return -a if v < 0 else a
+
+
+@njit(cache=True, parallel=True)
+def q8_32_kernel(x, x86, xq, xd, xsum):
+    """Q8_0 / Q8_1 quantisation of ``x (n_tok, n)``: ``xq (n_tok, n) int8``,
+    ``xd (n_tok, n/32) float32`` (d before f16 rounding), ``xsum (n_tok, n/32) int32``."""
+    n_tok, n = x.shape
+    for t in prange(n_tok):
+        for ib in range(n // 32):
+            o = ib * 32
+            amax = np.float32(0)
+            for j in range(32):
+                a = abs(x[t, o + j])
+                if a > amax:
+                    amax = a
+            d = amax / np.float32(127)
+            if x86:
+                inv = np.float32(127) / amax if amax != 0 else np.float32(0)
+            else:
+                inv = np.float32(1) / d if d != 0 else np.float32(0)
+            s = 0
+            for j in range(32):
+                v = x[t, o + j] * inv
+                qi = np.int32(np.rint(v)) if x86 else np.int32(_roundf(v))
+                xq[t, o + j] = qi
+                s += qi
+            xd[t, ib] = d
+            xsum[t, ib] = s
+
+
+@njit(cache=True, parallel=True)
+def q8_K_kernel(x, xq, xd, bsums):
+    """Q8_K quantisation of ``x (n_tok, n)``: ``xq (n_tok, n) int8``, ``xd (n_tok, n/256) float32``,
+    ``bsums (n_tok, n/16) int32``."""
+    n_tok, n = x.shape
+    for t in prange(n_tok):
+        for ib in range(n // QK_K):
+            o = ib * QK_K
+            amax = np.float32(0)
+            vmax = np.float32(0)
+            for j in range(QK_K):
+                a = abs(x[t, o + j])
+                if a > amax:
+                    amax = a
+                    vmax = x[t, o + j]
+            if amax == 0:
+                xd[t, ib] = 0
+                for j in range(QK_K):
+                    xq[t, o + j] = 0
+                for g in range(QK_K // 16):
+                    bsums[t, o // 16 + g] = 0
+                continue
+            iscale = np.float32(-127) / vmax
+            for j in range(QK_K):
+                v = np.int32(np.rint(iscale * x[t, o + j]))
+                xq[t, o + j] = min(127, v)
+            for g in range(QK_K // 16):
+                s = 0
+                for j in range(16):
+                    s += np.int32(xq[t, o + 16 * g + j])
+                bsums[t, o // 16 + g] = s
+            xd[t, ib] = np.float32(1) / iscale
+
+
+def quantize_q8_32_planes(x: np.ndarray, with_sum: bool, variant: str = "ref"):
+    """Numba Q8_0 (``with_sum=False``) / Q8_1 planes of ``x (n_tok, n)``.
+
+    Returns ``xq (n_tok, n) int8`` and float32 ``xd`` (= f16(d)) and, for Q8_1, ``xs`` (= f16(d * sum q)),
+    each ``(n_tok, n/32)``: exactly the values the block bytes hold.
+    """
+    _check_variant(variant)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_tok, n = x.shape
+    xq = np.empty((n_tok, n), np.int8)
+    d = np.empty((n_tok, n // 32), np.float32)
+    xsum = np.empty((n_tok, n // 32), np.int32)
+    q8_32_kernel(x, variant == "x86", xq, d, xsum)
+    xd = _f16(d).astype(np.float32)
+    if not with_sum:
+        return xq, xd
+    xs = _f16(xsum.astype(np.float32) * d).astype(np.float32)
+    return xq, xd, xs
+
+
+def quantize_q8_K_planes(x: np.ndarray):
+    """Numba Q8_K planes of ``x (n_tok, n)``: ``xq int8 (n_tok, n)``, ``xd float32 (n_tok, n/256)``,
+    ``bsums int32 (n_tok, n/16)``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_tok, n = x.shape
+    xq = np.empty((n_tok, n), np.int8)
+    xd = np.empty((n_tok, n // QK_K), np.float32)
+    bsums = np.empty((n_tok, n // 16), np.int32)
+    q8_K_kernel(x, xq, xd, bsums)
+    return xq, xd, bsums
