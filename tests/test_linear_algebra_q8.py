@@ -143,3 +143,33 @@ def test_errors():
         quantize_q8_K(np.zeros(32, np.float32))
     with pytest.raises(ConfigError, match="variant"):
         quantize_q8_1(np.zeros(32, np.float32), variant="arm")
+
+
+def test_round_f16_matches_numpy():
+    """The Numba f32 -> f16 rounding (used for d and s) against numpy's conversion."""
+    from numba import njit
+
+    from zigllama_lib.linear_algebra.q8 import round_f16
+
+    @njit
+    def apply(v, out):
+        for i in range(v.shape[0]):
+            out[i] = round_f16(v[i])
+
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 1 << 32, size=2_000_000, dtype=np.uint64).astype(np.uint32)
+    # every float16 value and its float32 neighbours and midpoints (the rounding boundaries)
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    hb = h[np.isfinite(h)].view(np.uint32)
+    mids = ((h[:-1].astype(np.float64) + h[1:]) / 2).astype(np.float32).view(np.uint32)
+    edges = np.concatenate([hb, hb + 1, hb - 1, mids, mids + 1, mids - 1]).astype(np.uint32)
+    special = np.array([0.0, -0.0, 65504.0, 65519.996, 65520.0, -65520.0, 1e30, np.inf, -np.inf, np.nan,
+                        6.1035156e-05, 5.9604645e-08, 2.9802322e-08, 2.9802326e-08], np.float32).view(np.uint32)
+    v = np.concatenate([bits, edges, special]).view(np.float32)
+    got = np.empty_like(v)
+    apply(v, got)
+    with np.errstate(over="ignore"):
+        want = v.astype(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))

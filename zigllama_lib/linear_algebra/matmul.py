@@ -193,21 +193,11 @@ def matmul(w: QMatrix, x: np.ndarray, mode: str = "q8") -> np.ndarray:
         elif w.qtype == GGMLType.BF16:
             mm_float_kernel(code, w.raw, lut, ff.round_to_bf16(x2), out)
         elif w.qtype in LEGACY:
-            wT, wd, wm = w.packed()
-            nb = w.n_in // 32
-            if w.qtype in WITH_MIN:
-                xq, xd, xs = q8.quantize_q8_32_planes(x2, True, variant)
-            else:
-                xq, xd = q8.quantize_q8_32_planes(x2, False, variant)
-                xs = np.zeros_like(xd)
-            xT = np.ascontiguousarray(xq.reshape(n_tok, nb, 32).transpose(0, 2, 1))  # (n_tok, 32, nb)
-            mm_q8_legacy_kernel(code, wT, wd, wm, xT, xd, xs, out)
+            xT, xd, xs = q8.q8_32_T(x2, variant == "x86", w.qtype in WITH_MIN)
+            mm_q8_legacy_kernel(code, *w.packed(), xT, xd, xs, out)
         elif w.qtype in KQUANTS:
-            wT, wsc, wmn, wd, wdm = w.packed()
-            ng = w.n_in // 16
-            xq, xd, bsums = q8.quantize_q8_K_planes(x2)
-            xT = np.ascontiguousarray(xq.reshape(n_tok, ng, 16).transpose(0, 2, 1))  # (n_tok, 16, ng)
-            mm_q8_K_kernel(wT, wsc, wmn, wd, wdm, xT, xd, bsums, out)
+            xT, xd, bsums = q8.q8_K_T(x2)
+            mm_q8_K_kernel(*w.packed(), xT, xd, bsums, out)
         else:  # pragma: no cover - check_type admits only the types above
             raise UnsupportedTypeError(f"matmul: no kernel for {w.qtype.name}")
     return out[0] if vector else out

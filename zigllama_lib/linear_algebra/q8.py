@@ -153,20 +153,49 @@ def q8_K_planes(raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return q, d, bsums
 
 
-# -- Numba: x (n_tok, n) float32 -> planes, parallel over tokens -----------------------------
+# -- Numba: x (n_tok, n) float32 -> block-transposed planes, parallel over tokens -------------
+# The matmul kernels want the quants of each token block-transposed, xT[t, j, b] = q of value
+# j of block b (see matmul.py), and the scales already rounded as the block bytes hold them.
 @njit(cache=True, inline="always")
 def _roundf(v):
+    """C's roundf (halves away from zero), exact: float32 + 0.5 is exact in float64."""
     a = math.floor(abs(np.float64(v)) + 0.5)
     return -a if v < 0 else a
 
 
+@njit(cache=True)
+def round_f16(v):
+    """float32 ``v`` rounded to the nearest float16 (ties to even, overflow to inf), as float32.
+
+    Same result as numpy's / F16C's conversion (checked for all 2^32 inputs but NaN payloads):
+    ``(a + c) - c`` with ``c = 2^23 * quantum`` rounds ``a`` to a multiple of the f16 quantum
+    of its binade (2^-24 for f16 subnormals) in one IEEE float32 addition.
+    """
+    a = abs(v)
+    if not a < np.float32(65520.0):  # nan, inf, or rounds past the largest half (65504)
+        if a != a:
+            return v
+        return np.float32(np.inf) if v > 0 else np.float32(-np.inf)
+    if a < np.float32(6.103515625e-05):  # below 2^-14: f16 subnormals, quantum 2^-24
+        c = np.float32(0.5)
+    else:
+        e = math.frexp(a)[1]  # a = m 2^e, 0.5 <= m < 1: f16 quantum 2^(e - 11)
+        c = np.float32(math.ldexp(1.0, e + 12))
+    r = (a + c) - c
+    return np.float32(math.copysign(r, v))
+
+
 @njit(cache=True, parallel=True)
-def q8_32_kernel(x, x86, xq, xd, xsum):
-    """Q8_0 / Q8_1 quantisation of ``x (n_tok, n)``: ``xq (n_tok, n) int8``,
-    ``xd (n_tok, n/32) float32`` (d before f16 rounding), ``xsum (n_tok, n/32) int32``."""
+def q8_32_T(x, x86, with_sum):
+    """Q8_0 / Q8_1 of ``x (n_tok, n) float32`` -> ``xT (n_tok, 32, n/32) int8``,
+    ``xd (n_tok, n/32) float32`` = f16(d), ``xs`` = f16(d * sum q) (zeros unless ``with_sum``)."""
     n_tok, n = x.shape
+    nb = n // 32
+    xT = np.empty((n_tok, 32, nb), np.int8)
+    xd = np.empty((n_tok, nb), np.float32)
+    xs = np.zeros((n_tok, nb), np.float32)
     for t in prange(n_tok):
-        for ib in range(n // 32):
+        for ib in range(nb):
             o = ib * 32
             amax = np.float32(0)
             for j in range(32):
@@ -182,17 +211,23 @@ def q8_32_kernel(x, x86, xq, xd, xsum):
             for j in range(32):
                 v = x[t, o + j] * inv
                 qi = np.int32(np.rint(v)) if x86 else np.int32(_roundf(v))
-                xq[t, o + j] = qi
+                xT[t, j, ib] = qi
                 s += qi
-            xd[t, ib] = d
-            xsum[t, ib] = s
+            xd[t, ib] = round_f16(d)
+            if with_sum:
+                xs[t, ib] = round_f16(np.float32(s) * d)
+    return xT, xd, xs
 
 
 @njit(cache=True, parallel=True)
-def q8_K_kernel(x, xq, xd, bsums):
-    """Q8_K quantisation of ``x (n_tok, n)``: ``xq (n_tok, n) int8``, ``xd (n_tok, n/256) float32``,
-    ``bsums (n_tok, n/16) int32``."""
+def q8_K_T(x):
+    """Q8_K of ``x (n_tok, n) float32`` -> ``xT (n_tok, 16, n/16) int8`` (xT[t, j, g] = q of value j
+    of group g), ``xd (n_tok, n/256) float32``, ``bsums (n_tok, n/16) int32``."""
     n_tok, n = x.shape
+    ng = n // 16
+    xT = np.zeros((n_tok, 16, ng), np.int8)
+    xd = np.zeros((n_tok, n // QK_K), np.float32)
+    bsums = np.zeros((n_tok, ng), np.int32)
     for t in prange(n_tok):
         for ib in range(n // QK_K):
             o = ib * QK_K
@@ -204,51 +239,33 @@ def q8_K_kernel(x, xq, xd, bsums):
                     amax = a
                     vmax = x[t, o + j]
             if amax == 0:
-                xd[t, ib] = 0
-                for j in range(QK_K):
-                    xq[t, o + j] = 0
-                for g in range(QK_K // 16):
-                    bsums[t, o // 16 + g] = 0
-                continue
+                continue  # d = 0, q = 0, bsums = 0
             iscale = np.float32(-127) / vmax
-            for j in range(QK_K):
-                v = np.int32(np.rint(iscale * x[t, o + j]))
-                xq[t, o + j] = min(127, v)
-            for g in range(QK_K // 16):
+            for g in range(o // 16, o // 16 + 16):
                 s = 0
                 for j in range(16):
-                    s += np.int32(xq[t, o + 16 * g + j])
-                bsums[t, o // 16 + g] = s
+                    qi = min(127, np.int32(np.rint(iscale * x[t, 16 * g + j])))  # nearest_int: ties to even
+                    xT[t, j, g] = qi
+                    s += qi
+                bsums[t, g] = s
             xd[t, ib] = np.float32(1) / iscale
+    return xT, xd, bsums
 
 
 def quantize_q8_32_planes(x: np.ndarray, with_sum: bool, variant: str = "ref"):
-    """Numba Q8_0 (``with_sum=False``) / Q8_1 planes of ``x (n_tok, n)``.
-
-    Returns ``xq (n_tok, n) int8`` and float32 ``xd`` (= f16(d)) and, for Q8_1, ``xs`` (= f16(d * sum q)),
-    each ``(n_tok, n/32)``: exactly the values the block bytes hold.
-    """
+    """Q8_0 (``with_sum=False``) / Q8_1 of ``x (n_tok, n)`` with the Numba kernel, as plain planes:
+    ``xq (n_tok, n) int8``, float32 ``xd`` = f16(d) and, for Q8_1, ``xs`` = f16(d * sum q), each
+    ``(n_tok, n/32)``: exactly the values the block bytes of :func:`quantize_q8_0` / ``_1`` hold."""
     _check_variant(variant)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n_tok, n = x.shape
-    xq = np.empty((n_tok, n), np.int8)
-    d = np.empty((n_tok, n // 32), np.float32)
-    xsum = np.empty((n_tok, n // 32), np.int32)
-    q8_32_kernel(x, variant == "x86", xq, d, xsum)
-    xd = _f16(d).astype(np.float32)
-    if not with_sum:
-        return xq, xd
-    xs = _f16(xsum.astype(np.float32) * d).astype(np.float32)
-    return xq, xd, xs
+    xT, xd, xs = q8_32_T(x, variant == "x86", with_sum)
+    xq = np.ascontiguousarray(xT.transpose(0, 2, 1)).reshape(x.shape)
+    return (xq, xd, xs) if with_sum else (xq, xd)
 
 
 def quantize_q8_K_planes(x: np.ndarray):
-    """Numba Q8_K planes of ``x (n_tok, n)``: ``xq int8 (n_tok, n)``, ``xd float32 (n_tok, n/256)``,
+    """Q8_K of ``x (n_tok, n)`` with the Numba kernel: ``xq int8 (n_tok, n)``, ``xd float32 (n_tok, n/256)``,
     ``bsums int32 (n_tok, n/16)``."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n_tok, n = x.shape
-    xq = np.empty((n_tok, n), np.int8)
-    xd = np.empty((n_tok, n // QK_K), np.float32)
-    bsums = np.empty((n_tok, n // 16), np.int32)
-    q8_K_kernel(x, xq, xd, bsums)
-    return xq, xd, bsums
+    xT, xd, bsums = q8_K_T(x)
+    return np.ascontiguousarray(xT.transpose(0, 2, 1)).reshape(x.shape), xd, bsums
