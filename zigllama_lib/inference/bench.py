@@ -76,6 +76,11 @@ def bench_ours(model, n_prompt: int, n_decode: int, reps: int, numerics: str = "
     return [pre, dcd]
 
 
+def _last_logits(llama_cpp, llm) -> np.ndarray:
+    """llama.cpp's logits of the last evaluated token, (n_vocab,) (a view into its buffer)."""
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+
 def bench_llama_cpp(path: str, tokenizer, n_prompt: int, n_decode: int, reps: int, n_threads: int) -> list[Measurement]:
     import llama_cpp
 
@@ -96,11 +101,11 @@ def bench_llama_cpp(path: str, tokenizer, n_prompt: int, n_decode: int, reps: in
     for _ in range(reps):
         llm.reset()
         llm.eval(short)
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(_last_logits(llama_cpp, llm)))
         t0 = time.perf_counter()
         for _ in range(n_decode):
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(_last_logits(llama_cpp, llm)))
         dcd.seconds.append(time.perf_counter() - t0)
     llm.close() if hasattr(llm, "close") else None
     return [pre, dcd]
