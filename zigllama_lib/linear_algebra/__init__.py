@@ -1,15 +1,21 @@
 """Layer 2: linear algebra on quantised GGUF tensors.
 
-* :func:`dequantize` / :func:`dequantize_reference` -- raw rows -> float32
-  (Numba kernels / readable numpy), bit-exact with ggml;
-* :func:`get_rows` -- dequantise selected rows (embedding lookup);
-* :class:`QMatrix` + :func:`matmul` -- ``y = x @ W.T`` with the weights kept in
-  their GGUF type, in an exact float mode or mirroring llama.cpp's 8-bit
-  activation quantisation (mode ``"q8"``);
-* :func:`quantize_q8_0` / :func:`quantize_q8_1` -- ggml's activation quantisers.
+* :func:`dequantize` / :func:`dequantize_reference` -- raw GGUF rows
+  ``(..., row_bytes) uint8`` -> ``(..., n_cols) float32`` (Numba kernels /
+  readable numpy), bit-exact with ggml for every type in :data:`SUPPORTED_TYPES`:
+  F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K;
+* :func:`get_rows` -- dequantise selected rows (the embedding lookup);
+* :class:`QMatrix` + :func:`matmul` -- ``y = x @ W.T`` with ``W`` kept in its
+  GGUF type; mode ``"float"`` (exact float maths) or ``"q8"`` / ``"q8_x86"``
+  (llama.cpp's CPU path: activations quantised to the weights' ``vec_dot_type``,
+  integer block dot products); :func:`matmul_reference` is the numpy version;
+* :func:`quantize_q8_0` / :func:`quantize_q8_1` / :func:`quantize_q8_K` --
+  ggml's activation quantisers, returning block bytes.
 
-Formats: one module per family (``float_formats``, ``legacy``, ``kquants``),
-each with a header describing its bit layout.
+One module per format family, each opening with its bit layouts:
+``float_formats`` (F32 / F16 / BF16), ``legacy`` (Q4_0..Q8_0), ``kquants``
+(Q2_K..Q6_K), ``q8`` (Q8_0 / Q8_1 / Q8_K); ``dequant`` and ``matmul`` hold the
+public entry points; ``bench`` times matmul. Imports only ``foundation``.
 """
 from .dequant import SUPPORTED_TYPES, dequantize, dequantize_reference, get_rows
 from .matmul import MODES, VEC_DOT_TYPE, QMatrix, matmul, matmul_reference

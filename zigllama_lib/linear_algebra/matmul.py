@@ -166,12 +166,7 @@ def _prepare(w: QMatrix, x: np.ndarray, mode: str) -> tuple[np.ndarray, bool]:
     vector = x.ndim == 1
     if x.ndim not in (1, 2) or x.shape[-1] != w.n_in:
         raise ConfigError(f"matmul: x has shape {x.shape}, expected (n_tok, {w.n_in}) or ({w.n_in},)")
-    x2 = np.ascontiguousarray(x.reshape(-1, w.n_in), dtype=np.float32)
-    if mode != "float" and w.qtype not in FLOATS:
-        qk = QK_K if w.qtype in KQUANTS else 32
-        if w.n_in % qk:  # cannot happen for quantised rows, which are whole blocks
-            raise ConfigError(f"n_in={w.n_in} is not a multiple of {qk}")
-    return x2, vector
+    return np.ascontiguousarray(x.reshape(-1, w.n_in), dtype=np.float32), vector
 
 
 def matmul(w: QMatrix, x: np.ndarray, mode: str = "q8") -> np.ndarray:
