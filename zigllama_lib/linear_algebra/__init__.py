@@ -16,6 +16,12 @@ One module per format family, each opening with its bit layouts:
 ``float_formats`` (F32 / F16 / BF16), ``legacy`` (Q4_0..Q8_0), ``kquants``
 (Q2_K..Q6_K), ``q8`` (Q8_0 / Q8_1 / Q8_K); ``dequant`` and ``matmul`` hold the
 public entry points; ``bench`` times matmul. Imports only ``foundation``.
+
+Numba caches each kernel keyed on the source file that defines it, not on the
+helpers inlined into it from other modules: after editing a row function in
+``float_formats`` / ``legacy`` / ``kquants`` / ``q8``, delete
+``zigllama_lib/linear_algebra/__pycache__/*.nb[ic]`` (or touch ``dequant.py``
+and ``matmul.py``) so the kernels are rebuilt.
 """
 from .dequant import SUPPORTED_TYPES, dequantize, dequantize_reference, get_rows
 from .matmul import MODES, VEC_DOT_TYPE, QMatrix, matmul, matmul_reference

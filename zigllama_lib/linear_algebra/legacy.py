@@ -147,10 +147,10 @@ def row_q4_0(row, lut, out):
     for ib in range(out.shape[0] // 32):
         o, y = ib * SIZEOF_BLOCK_Q4_0, ib * 32
         d = half(row, o, lut)
-        for j in range(16):
-            b = row[o + 2 + j]
-            out[y + j] = d * np.float32(np.int32(b & 0x0F) - 8)
-            out[y + j + 16] = d * np.float32(np.int32(b >> 4) - 8)
+        for j in range(16):  # low nibbles: weights 0..15
+            out[y + j] = d * np.float32(np.int32(row[o + 2 + j] & 0x0F) - 8)
+        for j in range(16):  # high nibbles: weights 16..31
+            out[y + 16 + j] = d * np.float32(np.int32(row[o + 2 + j] >> 4) - 8)
 
 
 @njit(cache=True, inline="always")
@@ -159,9 +159,9 @@ def row_q4_1(row, lut, out):
         o, y = ib * SIZEOF_BLOCK_Q4_1, ib * 32
         d, m = half(row, o, lut), half(row, o + 2, lut)
         for j in range(16):
-            b = row[o + 4 + j]
-            out[y + j] = d * np.float32(b & 0x0F) + m
-            out[y + j + 16] = d * np.float32(b >> 4) + m
+            out[y + j] = d * np.float32(row[o + 4 + j] & 0x0F) + m
+        for j in range(16):
+            out[y + 16 + j] = d * np.float32(row[o + 4 + j] >> 4) + m
 
 
 @njit(cache=True, inline="always")
@@ -170,11 +170,11 @@ def row_q5_0(row, lut, out):
         o, y = ib * SIZEOF_BLOCK_Q5_0, ib * 32
         d, qh = half(row, o, lut), qh_u32(row, o + 2)
         for j in range(16):
-            b = np.uint32(row[o + 6 + j])
-            q0 = (b & 0x0F) | (((qh >> j) & 1) << 4)
-            q1 = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
-            out[y + j] = d * np.float32(np.int32(q0) - 16)
-            out[y + j + 16] = d * np.float32(np.int32(q1) - 16)
+            q = (np.uint32(row[o + 6 + j]) & 0x0F) | (((qh >> j) & 1) << 4)
+            out[y + j] = d * np.float32(np.int32(q) - 16)
+        for j in range(16):
+            q = (np.uint32(row[o + 6 + j]) >> 4) | (((qh >> (j + 16)) & 1) << 4)
+            out[y + 16 + j] = d * np.float32(np.int32(q) - 16)
 
 
 @njit(cache=True, inline="always")
@@ -183,11 +183,11 @@ def row_q5_1(row, lut, out):
         o, y = ib * SIZEOF_BLOCK_Q5_1, ib * 32
         d, m, qh = half(row, o, lut), half(row, o + 2, lut), qh_u32(row, o + 4)
         for j in range(16):
-            b = np.uint32(row[o + 8 + j])
-            q0 = (b & 0x0F) | (((qh >> j) & 1) << 4)
-            q1 = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
-            out[y + j] = d * np.float32(q0) + m
-            out[y + j + 16] = d * np.float32(q1) + m
+            q = (np.uint32(row[o + 8 + j]) & 0x0F) | (((qh >> j) & 1) << 4)
+            out[y + j] = d * np.float32(q) + m
+        for j in range(16):
+            q = (np.uint32(row[o + 8 + j]) >> 4) | (((qh >> (j + 16)) & 1) << 4)
+            out[y + 16 + j] = d * np.float32(q) + m
 
 
 @njit(cache=True, inline="always")
@@ -195,9 +195,8 @@ def row_q8_0(row, lut, out):
     for ib in range(out.shape[0] // 32):
         o, y = ib * SIZEOF_BLOCK_Q8_0, ib * 32
         d = half(row, o, lut)
-        qs = row[o + 2 : o + 34].view(np.int8)
         for j in range(32):
-            out[y + j] = d * np.float32(qs[j])
+            out[y + j] = d * np.float32(np.int8(row[o + 2 + j]))
 
 
 # -- Numba: unpack a row for the integer dot products ------------------------------------
