@@ -160,8 +160,11 @@ def test_round_f16_matches_numpy():
     bits = rng.integers(0, 1 << 32, size=2_000_000, dtype=np.uint64).astype(np.uint32)
     # every float16 value and its float32 neighbours and midpoints (the rounding boundaries)
     h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-    hb = h[np.isfinite(h)].view(np.uint32)
+    h = h[np.isfinite(h)]
+    hb = h.view(np.uint32)
+    h = np.sort(h[h >= 0])
     mids = ((h[:-1].astype(np.float64) + h[1:]) / 2).astype(np.float32).view(np.uint32)
+    mids = np.concatenate([mids, (mids.view(np.float32) * -1).view(np.uint32)])
     edges = np.concatenate([hb, hb + 1, hb - 1, mids, mids + 1, mids - 1]).astype(np.uint32)
     special = np.array([0.0, -0.0, 65504.0, 65519.996, 65520.0, -65520.0, 1e30, np.inf, -np.inf, np.nan,
                         6.1035156e-05, 5.9604645e-08, 2.9802322e-08, 2.9802326e-08], np.float32).view(np.uint32)
