@@ -122,13 +122,6 @@ def dequant_rows_kernel(code, rows, lut, out):
         dequant_row(code, rows[r], lut, out[r])
 
 
-@njit(cache=True, parallel=True)
-def get_rows_kernel(code, rows, ids, lut, out):
-    """``out[i] = dequant(rows[ids[i]])``; ``ids`` already bounds-checked."""
-    for i in prange(ids.shape[0]):
-        dequant_row(code, rows[ids[i]], lut, out[i])
-
-
 # -- public ----------------------------------------------------------------------------
 def dequantize(raw: np.ndarray, qtype: GGMLType) -> np.ndarray:
     """``raw: (..., row_bytes) uint8`` of type ``qtype`` -> ``(..., n_cols) float32`` (Numba)."""
@@ -170,7 +163,8 @@ def get_rows(raw: np.ndarray, qtype: GGMLType, ids) -> np.ndarray:
     if ids.size and (ids.min() < 0 or ids.max() >= rows.shape[0]):
         bad = ids[(ids < 0) | (ids >= rows.shape[0])][0]
         raise ConfigError(f"row id {bad} is out of range for a matrix of {rows.shape[0]} rows")
+    picked = rows[ids]  # (len(ids), row_bytes): copies only the selected rows
     out = np.empty((ids.shape[0], n_cols), dtype=np.float32)
     if ids.size and n_cols:
-        get_rows_kernel(int(t), rows, ids, ff.FP16_TO_FP32, out)
+        dequant_rows_kernel(int(t), picked, ff.FP16_TO_FP32, out)
     return out
