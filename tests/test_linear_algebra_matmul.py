@@ -222,3 +222,19 @@ def test_real_gemma_matrices(gemma_path):
     names = ("blk.0.attn_output.weight", "blk.0.ffn_down.weight", "blk.0.attn_q.weight", "blk.0.attn_v.weight")
     seen = {_check_real(g, n, 256) for n in names}
     assert seen == {GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q5_0, GGMLType.Q8_0}
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q4_1, GGMLType.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("n_in", [256, 1024, 2048, 4096])
+def test_every_lane_layout(t, n_in):
+    """n_in picks how many lanes per block the q8 packing uses (K = 8, 4, 2, 1): all exact."""
+    from zigllama_lib.linear_algebra.matmul import lanes_for
+
+    raw = weights(t, 7, n_in, seed=n_in)
+    w = QMatrix(raw, t, n_in)
+    x = activations(2, n_in, seed=3)
+    group = 32 if t == GGMLType.Q4_1 else 16
+    assert w.packed()[0].shape[1] == group // lanes_for(n_in // group, group)
+    np.testing.assert_array_equal(matmul(w, x, "q8"), matmul_reference(w, x, "q8"))
+    want, scale = q8_oracle(t, raw, x)
+    assert_close(matmul(w, x, "q8"), want, scale, 1e-5)

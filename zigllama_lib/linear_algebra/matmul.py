@@ -48,11 +48,11 @@ serve decode (1 token) and prefill (many tokens).
   dotted with every token, 4 rows per pass so each activation load feeds 4
   accumulators (fastmath: the compiler vectorises the reductions).
 * ``"q8"``: the weights are repacked once per :class:`QMatrix`
-  (:meth:`QMatrix.packed`, ~1 byte per weight) into block-transposed int8
-  planes ``wT[r, j, b]`` (quant j of block b), and the activations likewise,
-  so the block sums ``S[b] = sum_j wT[j, b] * xT[j, b]`` of a row come from an
-  inner loop over blocks that the compiler vectorises without a horizontal
-  reduction per block. No fastmath: the float formula keeps ggml's order and
+  (:meth:`QMatrix.packed`, ~1 byte per weight) into int8 planes in a "lane"
+  layout (quant ``j = K*jj + k`` of block b at ``wT[r, jj, b*K + k]``), and the
+  activations likewise, so the integer block sums of a row come from an inner
+  loop over all ``n_blocks * K`` lanes that the compiler vectorises, without a
+  horizontal reduction per block. No fastmath: the float formula keeps ggml's order and
   the result is bit-identical to :func:`matmul_reference`.
 
 :func:`matmul_reference` is the readable numpy version of both modes; the
@@ -135,20 +135,23 @@ class QMatrix:
     def packed(self) -> tuple[np.ndarray, ...]:
         """The q8-mode planes, built on first use and kept (about 1 byte per weight).
 
-        Legacy types: ``wT (n_out, 32, nb) int8`` (``wT[r, j, b]`` = quant j of block b),
-        ``d, m (n_out, nb) float32``. K-quants: ``wT (n_out, 16, n_in/16) int8``,
+        Legacy types: ``wT (n_out, 32/K, nb*K) int8`` (quant ``j = K*jj + k`` of block b at
+        ``wT[r, jj, b*K + k]``, see :func:`lanes_for`), ``d, m (n_out, nb) float32``.
+        K-quants: ``wT (n_out, 16/K, n_in/16*K) int8`` (groups of 16),
         ``sc, mn (n_out, n_in/16) int32`` (per group of 16), ``d, dmin (n_out, n_in/256) float32``.
         """
         if self._packed is None:
             lut, code = ff.FP16_TO_FP32, int(self.qtype)
             if self.qtype in LEGACY:
                 nb = self.n_in // 32
-                planes = (np.empty((self.n_out, 32, nb), np.int8), np.empty((self.n_out, nb), np.float32),
+                k = lanes_for(nb, 32)
+                planes = (np.empty((self.n_out, 32 // k, nb * k), np.int8), np.empty((self.n_out, nb), np.float32),
                           np.empty((self.n_out, nb), np.float32))
                 repack_legacy_kernel(code, self.raw, lut, *planes)
             elif self.qtype in KQUANTS:
                 ng, nbk = self.n_in // 16, self.n_in // QK_K
-                planes = (np.empty((self.n_out, 16, ng), np.int8), np.empty((self.n_out, ng), np.int32),
+                k = lanes_for(ng, 16)
+                planes = (np.empty((self.n_out, 16 // k, ng * k), np.int8), np.empty((self.n_out, ng), np.int32),
                           np.empty((self.n_out, ng), np.int32), np.empty((self.n_out, nbk), np.float32),
                           np.empty((self.n_out, nbk), np.float32))
                 repack_K_kernel(code, self.raw, lut, *planes)
@@ -196,11 +199,14 @@ def matmul(w: QMatrix, x: np.ndarray, mode: str = "q8") -> np.ndarray:
         elif w.qtype == GGMLType.BF16:
             mm_float_kernel(code, w.raw, lut, ff.round_to_bf16(x2), out)
         elif w.qtype in LEGACY:
-            xT, xd, xs = q8.q8_32_T(x2, variant == "x86", w.qtype in WITH_MIN)
-            mm_q8_legacy_kernel(code, *w.packed(), xT, xd, xs, out)
+            planes = w.packed()
+            k = 32 // planes[0].shape[1]
+            xT, xd, xs = q8.q8_32_T(x2, variant == "x86", w.qtype in WITH_MIN, k)
+            mm_q8_legacy_kernel(code, *planes, xT, xd, xs, out)
         elif w.qtype in KQUANTS:
-            xT, xd, bsums = q8.q8_K_T(x2)
-            mm_q8_K_kernel(*w.packed(), xT, xd, bsums, out)
+            planes = w.packed()
+            xT, xd, bsums = q8.q8_K_T(x2, 16 // planes[0].shape[1])
+            mm_q8_K_kernel(*planes, xT, xd, bsums, out)
         else:  # pragma: no cover - check_type admits only the types above
             raise UnsupportedTypeError(f"matmul: no kernel for {w.qtype.name}")
     return out[0] if vector else out
@@ -253,62 +259,84 @@ def mm_float_kernel(code, raw, lut, x, out):
                 k += 1
 
 
-# q8 mode. The weights are repacked once (QMatrix.packed) into "block-transposed"
-# int8 planes: wT[r, j, b] = quant j of block b of row r, so that the block sums
-#     S[b] = sum_j wT[j, b] * xT[j, b]
-# of a row are computed for all blocks at once by an inner loop over b that the
-# compiler vectorises, with no horizontal reduction per block. The float formula
-# then runs block by block in ggml's order. No fastmath: the kernels give the
-# same bits as matmul_reference.
+# q8 mode. The weights are repacked once (QMatrix.packed) into int8 planes in a
+# "lane" layout: quant j = K*jj + k of group b (a block of 32, or a K-quant group
+# of 16) of row r sits at wT[r, jj, b*K + k], and the activations likewise, so
+#     S4[b*K + k] = sum_jj wT[jj, b*K + k] * xT[jj, b*K + k],   S[b] = sum_k S4[b*K + k]
+# are the integer block sums of a row, computed by an inner loop over all
+# n_groups*K lanes that the compiler vectorises, with no horizontal reduction per
+# block. K (1..8) makes that loop at least 128 long (for n_in = 576, 18 blocks:
+# K = 8). The float formula then runs block by block in ggml's order. No fastmath:
+# the kernels give the same bits as matmul_reference.
+def lanes_for(n_groups: int, group: int) -> int:
+    """K: the smallest power of two with ``n_groups * K >= 128`` (at most ``min(8, group)``)."""
+    k = 1
+    while n_groups * k < 128 and k < min(8, group):
+        k *= 2
+    return k
+
+
 @njit(cache=True, parallel=True)
 def repack_legacy_kernel(code, raw, lut, wT, wd, wm):
-    """raw (n_out, row_bytes) -> wT (n_out, 32, nb) int8, wd / wm (n_out, nb) float32."""
-    n_out, _, nb = wT.shape
+    """raw (n_out, row_bytes) -> wT (n_out, 32/K, nb*K) int8, wd / wm (n_out, nb) float32."""
+    n_out, J, L = wT.shape
+    K = 32 // J
+    nb = L // K
     for r in prange(n_out):
         wq = np.empty(nb * 32, np.int8)
         lg.unpack_row(code, raw[r], lut, wq, wd[r], wm[r])
         for b in range(nb):
             for j in range(32):
-                wT[r, j, b] = wq[b * 32 + j]
+                wT[r, j // K, b * K + j % K] = wq[b * 32 + j]
 
 
 @njit(cache=True, parallel=True)
 def repack_K_kernel(code, raw, lut, wT, wsc, wmn, wd, wdm):
-    """raw -> wT (n_out, 16, ng) int8, wsc / wmn (n_out, ng) int32, wd / wdm (n_out, nbk) float32."""
-    n_out, _, ng = wT.shape
+    """raw -> wT (n_out, 16/K, ng*K) int8, wsc / wmn (n_out, ng) int32, wd / wdm (n_out, nbk) float32."""
+    n_out, J, L = wT.shape
+    K = 16 // J
+    ng = L // K
     for r in prange(n_out):
         wq = np.empty(ng * 16, np.int8)
         kq.unpack_row(code, raw[r], lut, wq, wsc[r], wmn[r], wd[r], wdm[r])
         for g in range(ng):
             for j in range(16):
-                wT[r, j, g] = wq[g * 16 + j]
+                wT[r, j // K, g * K + j % K] = wq[g * 16 + j]
 
 
 @njit(cache=True, inline="always")
-def _group_sums(wT, xT, S):
-    """S[g] = sum_j wT[j, g] * xT[j, g] (int32) for every group g; wT, xT (G, n_groups) int8."""
-    S[:] = 0
-    for j in range(wT.shape[0]):
-        wj, xj = wT[j], xT[j]
-        for g in range(S.shape[0]):
-            S[g] += np.int32(wj[g]) * np.int32(xj[g])
+def _group_sums(wT, xT, S4, S):
+    """S[b] = sum of the products of group b's quants (int32); wT, xT (J, n_groups*K) int8 lanes."""
+    K = S4.shape[0] // S.shape[0]
+    S4[:] = 0
+    for jj in range(wT.shape[0]):
+        wj, xj = wT[jj], xT[jj]
+        for i in range(S4.shape[0]):
+            S4[i] += np.int32(wj[i]) * np.int32(xj[i])
+    for b in range(S.shape[0]):
+        s = np.int32(0)
+        for k in range(K):
+            s += S4[b * K + k]
+        S[b] = s
 
 
 @njit(cache=True, parallel=True)
 def mm_q8_legacy_kernel(code, wT, wd, wm, xT, xd, xs, out):
     """Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights (packed) x Q8_0/Q8_1 activations.
 
-    wT (n_out, 32, nb) int8, wd / wm (n_out, nb); xT (n_tok, 32, nb) int8, xd / xs (n_tok, nb) float32.
+    wT (n_out, 32/K, nb*K) int8, wd / wm (n_out, nb); xT (n_tok, 32/K, nb*K) int8, xd / xs (n_tok, nb) float32.
     """
-    n_out, _, nb = wT.shape
+    n_out, _, L = wT.shape
+    nb = wd.shape[1]
     n_tok = xT.shape[0]
     n_chunks = (n_out + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
     for c in prange(n_chunks):
+        S4 = np.empty(L, np.int32)
         S = np.empty(nb, np.int32)
         for r in range(c * ROWS_PER_CHUNK, min(n_out, (c + 1) * ROWS_PER_CHUNK)):
             wdr, wmr = wd[r], wm[r]
             for t in range(n_tok):
-                _group_sums(wT[r], xT[t], S)
+                _group_sums(wT[r], xT[t], S4, S)
                 xdt, xst = xd[t], xs[t]
                 sumf = np.float32(0)
                 for b in range(nb):
@@ -328,19 +356,21 @@ def mm_q8_legacy_kernel(code, wT, wd, wm, xT, xd, xs, out):
 def mm_q8_K_kernel(wT, wsc, wmn, wd, wdm, xT, xd, bsums, out):
     """Q2_K..Q6_K weights (packed) x Q8_K activations.
 
-    wT (n_out, 16, ng) int8, wsc / wmn (n_out, ng) int32, wd / wdm (n_out, nbk) float32;
-    xT (n_tok, 16, ng) int8, xd (n_tok, nbk) float32, bsums (n_tok, ng) int32.
+    wT (n_out, 16/K, ng*K) int8, wsc / wmn (n_out, ng) int32, wd / wdm (n_out, nbk) float32;
+    xT (n_tok, 16/K, ng*K) int8, xd (n_tok, nbk) float32, bsums (n_tok, ng) int32.
     """
-    n_out, _, ng = wT.shape
+    n_out, _, L = wT.shape
+    ng = wsc.shape[1]
     n_tok = xT.shape[0]
     nbk = ng // 16
     n_chunks = (n_out + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
     for c in prange(n_chunks):
+        S4 = np.empty(L, np.int32)
         S = np.empty(ng, np.int32)
         for r in range(c * ROWS_PER_CHUNK, min(n_out, (c + 1) * ROWS_PER_CHUNK)):
             scr, mnr = wsc[r], wmn[r]
             for t in range(n_tok):
-                _group_sums(wT[r], xT[t], S)
+                _group_sums(wT[r], xT[t], S4, S)
                 bst = bsums[t]
                 sumf = np.float32(0)
                 for ib in range(nbk):

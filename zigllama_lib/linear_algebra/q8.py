@@ -154,8 +154,9 @@ def q8_K_planes(raw: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 # -- Numba: x (n_tok, n) float32 -> block-transposed planes, parallel over tokens -------------
-# The matmul kernels want the quants of each token block-transposed, xT[t, j, b] = q of value
-# j of block b (see matmul.py), and the scales already rounded as the block bytes hold them.
+# The matmul kernels want the quants of each token in the "lane" layout of matmul.py: value
+# j = K*jj + k of group b at xT[t, jj, b*K + k] (K = lanes per group, a power of two), and the
+# scales already rounded as the block bytes hold them.
 @njit(cache=True, inline="always")
 def _roundf(v):
     """C's roundf (halves away from zero), exact: float32 + 0.5 is exact in float64."""
@@ -186,12 +187,12 @@ def round_f16(v):
 
 
 @njit(cache=True, parallel=True)
-def q8_32_T(x, x86, with_sum):
-    """Q8_0 / Q8_1 of ``x (n_tok, n) float32`` -> ``xT (n_tok, 32, n/32) int8``,
+def q8_32_T(x, x86, with_sum, K):
+    """Q8_0 / Q8_1 of ``x (n_tok, n) float32`` -> ``xT (n_tok, 32/K, n/32*K) int8`` (lane layout),
     ``xd (n_tok, n/32) float32`` = f16(d), ``xs`` = f16(d * sum q) (zeros unless ``with_sum``)."""
     n_tok, n = x.shape
     nb = n // 32
-    xT = np.empty((n_tok, 32, nb), np.int8)
+    xT = np.empty((n_tok, 32 // K, nb * K), np.int8)
     xd = np.empty((n_tok, nb), np.float32)
     xs = np.zeros((n_tok, nb), np.float32)
     for t in prange(n_tok):
@@ -211,7 +212,7 @@ def q8_32_T(x, x86, with_sum):
             for j in range(32):
                 v = x[t, o + j] * inv
                 qi = np.int32(np.rint(v)) if x86 else np.int32(_roundf(v))
-                xT[t, j, ib] = qi
+                xT[t, j // K, ib * K + j % K] = qi
                 s += qi
             xd[t, ib] = round_f16(d)
             if with_sum:
@@ -220,12 +221,12 @@ def q8_32_T(x, x86, with_sum):
 
 
 @njit(cache=True, parallel=True)
-def q8_K_T(x):
-    """Q8_K of ``x (n_tok, n) float32`` -> ``xT (n_tok, 16, n/16) int8`` (xT[t, j, g] = q of value j
-    of group g), ``xd (n_tok, n/256) float32``, ``bsums (n_tok, n/16) int32``."""
+def q8_K_T(x, K):
+    """Q8_K of ``x (n_tok, n) float32`` -> ``xT (n_tok, 16/K, n/16*K) int8`` (lane layout, groups
+    of 16), ``xd (n_tok, n/256) float32``, ``bsums (n_tok, n/16) int32``."""
     n_tok, n = x.shape
     ng = n // 16
-    xT = np.zeros((n_tok, 16, ng), np.int8)
+    xT = np.zeros((n_tok, 16 // K, ng * K), np.int8)
     xd = np.zeros((n_tok, n // QK_K), np.float32)
     bsums = np.zeros((n_tok, ng), np.int32)
     for t in prange(n_tok):
@@ -245,7 +246,7 @@ def q8_K_T(x):
                 s = 0
                 for j in range(16):
                     qi = min(127, np.int32(np.rint(iscale * x[t, 16 * g + j])))  # nearest_int: ties to even
-                    xT[t, j, g] = qi
+                    xT[t, j // K, g * K + j % K] = qi
                     s += qi
                 bsums[t, g] = s
             xd[t, ib] = np.float32(1) / iscale
@@ -258,7 +259,7 @@ def quantize_q8_32_planes(x: np.ndarray, with_sum: bool, variant: str = "ref"):
     ``(n_tok, n/32)``: exactly the values the block bytes of :func:`quantize_q8_0` / ``_1`` hold."""
     _check_variant(variant)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    xT, xd, xs = q8_32_T(x, variant == "x86", with_sum)
+    xT, xd, xs = q8_32_T(x, variant == "x86", with_sum, 1)
     xq = np.ascontiguousarray(xT.transpose(0, 2, 1)).reshape(x.shape)
     return (xq, xd, xs) if with_sum else (xq, xd)
 
@@ -267,5 +268,5 @@ def quantize_q8_K_planes(x: np.ndarray):
     """Q8_K of ``x (n_tok, n)`` with the Numba kernel: ``xq int8 (n_tok, n)``, ``xd float32 (n_tok, n/256)``,
     ``bsums int32 (n_tok, n/16)``."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    xT, xd, bsums = q8_K_T(x)
+    xT, xd, bsums = q8_K_T(x, 1)
     return np.ascontiguousarray(xT.transpose(0, 2, 1)).reshape(x.shape), xd, bsums
