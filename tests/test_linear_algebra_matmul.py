@@ -24,6 +24,7 @@ from zigllama_lib.linear_algebra import (  # noqa: E402
     quantize_q8_1,
     quantize_q8_K,
 )
+from zigllama_lib.linear_algebra.matmul import PREFILL_TOKENS  # noqa: E402
 from zigllama_lib.linear_algebra.q8 import q8_1_planes, q8_K_planes  # noqa: E402
 
 GQ = gguf.GGMLQuantizationType
@@ -109,7 +110,7 @@ ALL = FLOATS + LEGACY + KQUANTS
 
 
 @pytest.mark.parametrize("t", ALL, ids=lambda t: t.name)
-@pytest.mark.parametrize("n_tok", [1, 3, 37])
+@pytest.mark.parametrize("n_tok", [1, 3, 4, 37])
 def test_modes_against_oracles_and_reference(t, n_tok):
     n_out, n_in = 45, 512  # n_out: not a multiple of the 16-row chunks nor of 4
     raw = weights(t, n_out, n_in, seed=int(t))
@@ -120,11 +121,12 @@ def test_modes_against_oracles_and_reference(t, n_tok):
     want, scale = x.astype(np.float64) @ wd.T, np.abs(x.astype(np.float64)) @ np.abs(wd).T
     assert_close(matmul(w, x, "float"), want, scale, 1e-5)
     assert_close(matmul_reference(w, x, "float"), want, scale, 1e-6)
-    # q8: the kernel is bit-identical to the numpy reference ...
+    # q8: the decode kernels are bit-identical to the numpy reference (ggml's generic
+    # arithmetic), the prefill kernels equal to float32 rounding ...
     y = matmul(w, x, "q8")
     ref = matmul_reference(w, x, "q8")
-    if t in FLOATS:
-        assert_close(y, ref.astype(np.float64), scale, 1e-5)
+    if t in FLOATS or n_tok >= PREFILL_TOKENS:
+        assert_close(y, ref.astype(np.float64), q8_oracle(t, raw, x)[1], 1e-6)
     else:
         np.testing.assert_array_equal(y, ref)
     # ... and both agree with the dequantise-both-operands oracle to float rounding
@@ -137,8 +139,11 @@ def test_modes_against_oracles_and_reference(t, n_tok):
 def test_q8_x86_mode(t):
     raw = weights(t, 20, 256, seed=5)
     w = QMatrix(raw, t, 256)
-    x = activations(4, 256, seed=9)
+    x = activations(3, 256, seed=9)
     np.testing.assert_array_equal(matmul(w, x, "q8_x86"), matmul_reference(w, x, "q8_x86"))
+    x37 = activations(37, 256, seed=9)
+    scale = q8_oracle(t, raw, x37)[1]  # the size of the products (the rounding's scale)
+    assert_close(matmul(w, x37, "q8_x86"), matmul_reference(w, x37, "q8_x86").astype(np.float64), scale, 1e-6)
     # quantisation differs only in rare roundings: the results are close to mode q8
     y, y8 = matmul(w, x, "q8_x86"), matmul(w, x, "q8")
     assert np.abs(y - y8).max() <= 1e-3 * np.abs(y8).max()
@@ -194,7 +199,7 @@ def test_vec_dot_types_are_ggmls():
 
 
 # -- real tensors -------------------------------------------------------------------------------
-def _check_real(g: GGUFFile, name: str, max_rows: int, n_tok: int = 5) -> GGMLType:
+def _check_real(g: GGUFFile, name: str, max_rows: int, n_tok: int = 3) -> GGMLType:
     info = g.tensors[name]
     raw = g.tensor_bytes(name)[:max_rows]
     t, n_in = info.ggml_type, info.shape[0]
@@ -207,6 +212,9 @@ def _check_real(g: GGUFFile, name: str, max_rows: int, n_tok: int = 5) -> GGMLTy
     np.testing.assert_array_equal(y, matmul_reference(w, x, "q8"))
     want, scale = q8_oracle(t, raw, x)
     assert_close(y, want, scale, 1e-5)
+    x = activations(20, n_in, seed=2)  # prefill kernels
+    want, scale = q8_oracle(t, raw, x)
+    assert_close(matmul(w, x, "q8"), want, scale, 1e-5)
     return t
 
 
@@ -236,5 +244,8 @@ def test_every_lane_layout(t, n_in):
     group = 32 if t == GGMLType.Q4_1 else 16
     assert w.packed()[0].shape[1] == group // lanes_for(n_in // group, group)
     np.testing.assert_array_equal(matmul(w, x, "q8"), matmul_reference(w, x, "q8"))
+    want, scale = q8_oracle(t, raw, x)
+    assert_close(matmul(w, x, "q8"), want, scale, 1e-5)
+    x = activations(9, n_in, seed=4)  # prefill kernels
     want, scale = q8_oracle(t, raw, x)
     assert_close(matmul(w, x, "q8"), want, scale, 1e-5)

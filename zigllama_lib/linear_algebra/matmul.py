@@ -47,13 +47,20 @@ serve decode (1 token) and prefill (many tokens).
 * ``"float"``: each row is dequantised once into a small float32 buffer, then
   dotted with every token, 4 rows per pass so each activation load feeds 4
   accumulators (fastmath: the compiler vectorises the reductions).
-* ``"q8"``: the weights are repacked once per :class:`QMatrix`
-  (:meth:`QMatrix.packed`, ~1 byte per weight) into int8 planes in a "lane"
-  layout (quant ``j = K*jj + k`` of block b at ``wT[r, jj, b*K + k]``), and the
-  activations likewise, so the integer block sums of a row come from an inner
-  loop over all ``n_blocks * K`` lanes that the compiler vectorises, without a
-  horizontal reduction per block. No fastmath: the float formula keeps ggml's order and
-  the result is bit-identical to :func:`matmul_reference`.
+* ``"q8"``, decode (fewer than :data:`PREFILL_TOKENS` tokens): the weights
+  are repacked once per :class:`QMatrix` (:meth:`QMatrix.packed`, ~1 byte per
+  weight) into int8 planes in a "lane" layout (quant ``j = K*jj + k`` of block
+  b at ``wT[r, jj, b*K + k]``), and the activations likewise, so the integer
+  block sums of a row come from an inner loop over all ``n_blocks * K`` lanes
+  that the compiler vectorises, without a horizontal reduction per block. No
+  fastmath: the float formula keeps ggml's order and the result is
+  bit-identical to :func:`matmul_reference`.
+* ``"q8"``, prefill: per-block sums would cost as much per token as decode, so
+  these kernels reuse the float path's long reductions on exactly
+  representable operands ``d_w * q_w`` and ``d_x * q_x`` (K-quants: per
+  super-block, with ``d_x`` applied after). Same quantised operands, same
+  mathematical value; float32 rounding order differs (~1e-7 relative), as it
+  does between ggml's own generic, AVX2 and sgemm code.
 
 :func:`matmul_reference` is the readable numpy version of both modes; the
 tests hold the kernels to it.
@@ -104,6 +111,7 @@ VEC_DOT_TYPE = {
 }
 
 ROWS_PER_CHUNK = 16  # output rows per parallel work item
+PREFILL_TOKENS = 4  # from this many tokens on, q8 mode uses the prefill kernels
 
 
 class QMatrix:
@@ -198,6 +206,14 @@ def matmul(w: QMatrix, x: np.ndarray, mode: str = "q8") -> np.ndarray:
             mm_float_kernel(code, w.raw, lut, ff.round_to_f16(x2), out)
         elif w.qtype == GGMLType.BF16:
             mm_float_kernel(code, w.raw, lut, ff.round_to_bf16(x2), out)
+        elif n_tok >= PREFILL_TOKENS and w.qtype in LEGACY:
+            xT, xd, xs = q8.q8_32_T(x2, variant == "x86", w.qtype in WITH_MIN, 1)
+            xdeq = q8_dequant_T(xT, xd)  # (n_tok, n_in) float32, exactly d_x * q_x
+            mm_q8_prefill_legacy_kernel(code, w.raw, lut, xdeq, xs, out)
+        elif n_tok >= PREFILL_TOKENS and w.qtype in KQUANTS:
+            xT, xd, bsums = q8.q8_K_T(x2, 1)
+            xqf = q8_dequant_T(xT, np.ones((n_tok, w.n_in // 16), np.float32))  # q_x as float32
+            mm_q8_prefill_K_kernel(code, w.raw, lut, xqf, xd, bsums, out)
         elif w.qtype in LEGACY:
             planes = w.packed()
             k = 32 // planes[0].shape[1]
@@ -383,6 +399,118 @@ def mm_q8_K_kernel(wT, wsc, wmn, wd, wdm, xT, xd, bsums, out):
                     dmin = wdm[r, ib] * xd[t, ib]
                     sumf += d * np.float32(isum) - dmin * np.float32(summs)
                 out[t, r] = sumf
+
+
+# q8 prefill. With many tokens the integer block sums above cost as much per token
+# as decode; these kernels instead reuse the float path's long reductions. Exactly
+# representable float32 operands -- d_w * q_w (f16 x <= 8-bit int, or for K-quants
+# d_w * (sc_g * q_w), f16 x 12-bit int) and d_x * q_x (f16 x int8) -- are dotted
+# over the whole row (legacy) or super-block (K-quants, whose float32 d_x is applied
+# per super-block). The mathematical value is ggml's formula's; only the float32
+# rounding order differs (as it does between ggml's own generic, AVX2 and sgemm code).
+@njit(cache=True, parallel=True)
+def q8_dequant_T(xT, xd):
+    """``xT (n_tok, G, n_groups) int8`` (K = 1 lane layout), ``xd (n_tok, n_groups)`` ->
+    ``(n_tok, n_groups * G) float32`` with value j of group b = ``xd[b] * xT[j, b]``."""
+    n_tok, G, ng = xT.shape
+    out = np.empty((n_tok, ng * G), np.float32)
+    for t in prange(n_tok):
+        for b in range(ng):
+            for j in range(G):
+                out[t, b * G + j] = xd[t, b] * np.float32(xT[t, j, b])
+    return out
+
+
+@njit(cache=True, inline="always")
+def _dot4_range(w, r0, r1, r2, r3, xt, lo, hi):
+    """Dots of ``w[r, lo:hi]`` (r = r0..r3) with ``xt[lo:hi]``."""
+    a0 = np.float32(0)
+    a1 = np.float32(0)
+    a2 = np.float32(0)
+    a3 = np.float32(0)
+    for i in range(lo, hi):
+        v = xt[i]
+        a0 += w[r0, i] * v
+        a1 += w[r1, i] * v
+        a2 += w[r2, i] * v
+        a3 += w[r3, i] * v
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def mm_q8_prefill_legacy_kernel(code, raw, lut, xdeq, xs, out):
+    """Legacy weights x Q8_0/Q8_1 activations, many tokens: ``sum_i (d_w q_w)_i (d_x q_x)_i + sum_b m_b s_b``.
+
+    xdeq (n_tok, n_in) float32 = d_x * q_x; xs (n_tok, nb) float32 (zeros for Q8_0).
+    """
+    n_out = raw.shape[0]
+    n_tok, n_in = xdeq.shape
+    nb = n_in // 32
+    n_chunks = (n_out + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+    for c in prange(n_chunks):
+        r_lo = c * ROWS_PER_CHUNK
+        nr = min(ROWS_PER_CHUNK, n_out - r_lo)
+        wq = np.empty(n_in, np.int8)
+        w0 = np.zeros((ROWS_PER_CHUNK, n_in), np.float32)  # d_w * q_w, exact
+        wm = np.zeros((ROWS_PER_CHUNK, nb), np.float32)
+        wd = np.empty(nb, np.float32)
+        for k in range(nr):
+            lg.unpack_row(code, raw[r_lo + k], lut, wq, wd, wm[k])
+            for b in range(nb):
+                for j in range(32):
+                    w0[k, b * 32 + j] = wd[b] * np.float32(wq[b * 32 + j])
+        for t in range(n_tok):
+            xt, st = xdeq[t], xs[t]
+            for k in range(0, nr, 4):
+                a = _dot4_range(w0, k, k + 1, k + 2, k + 3, xt, 0, n_in)
+                for i in range(4):
+                    if k + i < nr:
+                        m = np.float32(0)
+                        for b in range(nb):
+                            m += wm[k + i, b] * st[b]
+                        out[t, r_lo + k + i] = a[i] + m
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def mm_q8_prefill_K_kernel(code, raw, lut, xqf, xd, bsums, out):
+    """K-quant weights x Q8_K activations, many tokens: per super-block
+    ``d_x * sum_i (d_w sc_g q_w)_i q_x,i - (dmin_w d_x) * sum_g mn_g bsums_g``.
+
+    xqf (n_tok, n_in) float32 = q_x; xd (n_tok, n_in/256); bsums (n_tok, n_in/16) int32.
+    """
+    n_out = raw.shape[0]
+    n_tok, n_in = xqf.shape
+    ng, nbk = n_in // 16, n_in // QK_K
+    n_chunks = (n_out + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+    for c in prange(n_chunks):
+        r_lo = c * ROWS_PER_CHUNK
+        nr = min(ROWS_PER_CHUNK, n_out - r_lo)
+        wq = np.empty(n_in, np.int8)
+        wsc = np.empty(ng, np.int32)
+        w0 = np.zeros((ROWS_PER_CHUNK, n_in), np.float32)  # d_w * (sc_g * q_w), exact
+        wmn = np.zeros((ROWS_PER_CHUNK, ng), np.int32)
+        wd = np.empty(nbk, np.float32)
+        wdm = np.zeros((ROWS_PER_CHUNK, nbk), np.float32)
+        for k in range(nr):
+            kq.unpack_row(code, raw[r_lo + k], lut, wq, wsc, wmn[k], wd, wdm[k])
+            for g in range(ng):
+                for j in range(16):
+                    w0[k, g * 16 + j] = wd[g // 16] * np.float32(wsc[g] * np.int32(wq[g * 16 + j]))
+        acc = np.empty(4, np.float32)
+        for t in range(n_tok):
+            xt, bst = xqf[t], bsums[t]
+            for k in range(0, nr, 4):
+                acc[:] = 0
+                for ib in range(nbk):
+                    a = _dot4_range(w0, k, k + 1, k + 2, k + 3, xt, ib * QK_K, (ib + 1) * QK_K)
+                    for i in range(4):
+                        summs = np.int32(0)
+                        for g in range(16 * ib, 16 * ib + 16):
+                            summs += wmn[k + i, g] * bst[g]
+                        acc[i] += xd[t, ib] * a[i] - (wdm[k + i, ib] * xd[t, ib]) * np.float32(summs)
+                for i in range(4):
+                    if k + i < nr:
+                        out[t, r_lo + k + i] = acc[i]
 
 
 # -- numpy references ---------------------------------------------------------------------
