@@ -186,71 +186,114 @@ def round_f16(v):
     return np.float32(math.copysign(r, v))
 
 
-@njit(cache=True, parallel=True)
-def q8_32_T(x, x86, with_sum, K):
-    """Q8_0 / Q8_1 of ``x (n_tok, n) float32`` -> ``xT (n_tok, 32/K, n/32*K) int8`` (lane layout),
-    ``xd (n_tok, n/32) float32`` = f16(d), ``xs`` = f16(d * sum q) (zeros unless ``with_sum``)."""
+@njit(cache=True, inline="always")
+def _q8_32_token(x, t, x86, with_sum, K, xT, xd, xs):
+    """Quantise row ``t`` of ``x`` to Q8_0 / Q8_1 into the lane layout (see q8_32_T)."""
+    for ib in range(x.shape[1] // 32):
+        o = ib * 32
+        amax = np.float32(0)
+        for j in range(32):
+            a = abs(x[t, o + j])
+            if a > amax:
+                amax = a
+        d = amax / np.float32(127)
+        if x86:
+            inv = np.float32(127) / amax if amax != 0 else np.float32(0)
+        else:
+            inv = np.float32(1) / d if d != 0 else np.float32(0)
+        s = 0
+        for j in range(32):
+            v = x[t, o + j] * inv
+            qi = np.int32(np.rint(v)) if x86 else np.int32(_roundf(v))
+            xT[t, j // K, ib * K + j % K] = qi
+            s += qi
+        xd[t, ib] = round_f16(d)
+        if with_sum:
+            xs[t, ib] = round_f16(np.float32(s) * d)
+
+
+@njit(cache=True)
+def _q8_32_T_serial(x, x86, with_sum, K):
     n_tok, n = x.shape
-    nb = n // 32
-    xT = np.empty((n_tok, 32 // K, nb * K), np.int8)
-    xd = np.empty((n_tok, nb), np.float32)
-    xs = np.zeros((n_tok, nb), np.float32)
-    for t in prange(n_tok):
-        for ib in range(nb):
-            o = ib * 32
-            amax = np.float32(0)
-            for j in range(32):
-                a = abs(x[t, o + j])
-                if a > amax:
-                    amax = a
-            d = amax / np.float32(127)
-            if x86:
-                inv = np.float32(127) / amax if amax != 0 else np.float32(0)
-            else:
-                inv = np.float32(1) / d if d != 0 else np.float32(0)
-            s = 0
-            for j in range(32):
-                v = x[t, o + j] * inv
-                qi = np.int32(np.rint(v)) if x86 else np.int32(_roundf(v))
-                xT[t, j // K, ib * K + j % K] = qi
-                s += qi
-            xd[t, ib] = round_f16(d)
-            if with_sum:
-                xs[t, ib] = round_f16(np.float32(s) * d)
+    xT = np.empty((n_tok, 32 // K, n // 32 * K), np.int8)
+    xd = np.empty((n_tok, n // 32), np.float32)
+    xs = np.zeros((n_tok, n // 32), np.float32)
+    for t in range(n_tok):
+        _q8_32_token(x, t, x86, with_sum, K, xT, xd, xs)
     return xT, xd, xs
 
 
 @njit(cache=True, parallel=True)
-def q8_K_T(x, K):
-    """Q8_K of ``x (n_tok, n) float32`` -> ``xT (n_tok, 16/K, n/16*K) int8`` (lane layout, groups
-    of 16), ``xd (n_tok, n/256) float32``, ``bsums (n_tok, n/16) int32``."""
+def _q8_32_T_parallel(x, x86, with_sum, K):
     n_tok, n = x.shape
-    ng = n // 16
-    xT = np.zeros((n_tok, 16 // K, ng * K), np.int8)
-    xd = np.zeros((n_tok, n // QK_K), np.float32)
-    bsums = np.zeros((n_tok, ng), np.int32)
+    xT = np.empty((n_tok, 32 // K, n // 32 * K), np.int8)
+    xd = np.empty((n_tok, n // 32), np.float32)
+    xs = np.zeros((n_tok, n // 32), np.float32)
     for t in prange(n_tok):
-        for ib in range(n // QK_K):
-            o = ib * QK_K
-            amax = np.float32(0)
-            vmax = np.float32(0)
-            for j in range(QK_K):
-                a = abs(x[t, o + j])
-                if a > amax:
-                    amax = a
-                    vmax = x[t, o + j]
-            if amax == 0:
-                continue  # d = 0, q = 0, bsums = 0
-            iscale = np.float32(-127) / vmax
-            for g in range(o // 16, o // 16 + 16):
-                s = 0
-                for j in range(16):
-                    qi = min(127, np.int32(np.rint(iscale * x[t, 16 * g + j])))  # nearest_int: ties to even
-                    xT[t, j // K, g * K + j % K] = qi
-                    s += qi
-                bsums[t, g] = s
-            xd[t, ib] = np.float32(1) / iscale
+        _q8_32_token(x, t, x86, with_sum, K, xT, xd, xs)
+    return xT, xd, xs
+
+
+def q8_32_T(x: np.ndarray, x86: bool, with_sum: bool, K: int):
+    """Q8_0 / Q8_1 of ``x (n_tok, n) float32`` (C-contiguous) -> ``xT (n_tok, 32/K, n/32*K) int8``
+    (lane layout), ``xd (n_tok, n/32) float32`` = f16(d), ``xs`` = f16(d * sum q) (zeros unless
+    ``with_sum``). Serial for a few tokens (a parallel launch costs more than the work)."""
+    kernel = _q8_32_T_parallel if x.shape[0] >= 8 else _q8_32_T_serial
+    return kernel(x, x86, with_sum, K)
+
+
+@njit(cache=True, inline="always")
+def _q8_K_token(x, t, K, xT, xd, bsums):
+    """Quantise row ``t`` of ``x`` to Q8_K into the lane layout (see q8_K_T)."""
+    for ib in range(x.shape[1] // QK_K):
+        o = ib * QK_K
+        amax = np.float32(0)
+        vmax = np.float32(0)
+        for j in range(QK_K):
+            a = abs(x[t, o + j])
+            if a > amax:
+                amax = a
+                vmax = x[t, o + j]
+        if amax == 0:
+            continue  # d = 0, q = 0, bsums = 0 (the arrays start zeroed)
+        iscale = np.float32(-127) / vmax
+        for g in range(o // 16, o // 16 + 16):
+            s = 0
+            for j in range(16):
+                qi = min(127, np.int32(np.rint(iscale * x[t, 16 * g + j])))  # nearest_int: ties to even
+                xT[t, j // K, g * K + j % K] = qi
+                s += qi
+            bsums[t, g] = s
+        xd[t, ib] = np.float32(1) / iscale
+
+
+@njit(cache=True)
+def _q8_K_T_serial(x, K):
+    n_tok, n = x.shape
+    xT = np.zeros((n_tok, 16 // K, n // 16 * K), np.int8)
+    xd = np.zeros((n_tok, n // QK_K), np.float32)
+    bsums = np.zeros((n_tok, n // 16), np.int32)
+    for t in range(n_tok):
+        _q8_K_token(x, t, K, xT, xd, bsums)
     return xT, xd, bsums
+
+
+@njit(cache=True, parallel=True)
+def _q8_K_T_parallel(x, K):
+    n_tok, n = x.shape
+    xT = np.zeros((n_tok, 16 // K, n // 16 * K), np.int8)
+    xd = np.zeros((n_tok, n // QK_K), np.float32)
+    bsums = np.zeros((n_tok, n // 16), np.int32)
+    for t in prange(n_tok):
+        _q8_K_token(x, t, K, xT, xd, bsums)
+    return xT, xd, bsums
+
+
+def q8_K_T(x: np.ndarray, K: int):
+    """Q8_K of ``x (n_tok, n) float32`` (C-contiguous) -> ``xT (n_tok, 16/K, n/16*K) int8`` (lane
+    layout, groups of 16), ``xd (n_tok, n/256) float32``, ``bsums (n_tok, n/16) int32``."""
+    kernel = _q8_K_T_parallel if x.shape[0] >= 8 else _q8_K_T_serial
+    return kernel(x, K)
 
 
 def quantize_q8_32_planes(x: np.ndarray, with_sum: bool, variant: str = "ref"):
