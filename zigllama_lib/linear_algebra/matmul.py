@@ -200,7 +200,19 @@ def matmul(w: QMatrix, x: np.ndarray, mode: str = "q8") -> np.ndarray:
     if n_tok and w.n_out:
         code, lut = int(w.qtype), ff.FP16_TO_FP32
         variant = "x86" if mode == "q8_x86" else "ref"
-        if mode == "float" or w.qtype == GGMLType.F32:
+        if mode == "float" and n_tok < PREFILL_TOKENS and (w.qtype in LEGACY or w.qtype in KQUANTS):
+            planes = w.packed()
+            group = 32 if w.qtype in LEGACY else 16
+            k = group // planes[0].shape[1]
+            ng = w.n_in // group
+            xT = np.ascontiguousarray(x2.reshape(n_tok, ng, group // k, k).transpose(0, 2, 1, 3)).reshape(
+                n_tok, group // k, ng * k)
+            xsum = x2.reshape(n_tok, ng, group).sum(axis=2, dtype=np.float32)
+            if w.qtype in LEGACY:
+                mm_float_packed_legacy_kernel(*planes, xT, xsum, out)
+            else:
+                mm_float_packed_K_kernel(*planes, xT, xsum, out)
+        elif mode == "float" or w.qtype == GGMLType.F32:
             mm_float_kernel(code, w.raw, lut, x2, out)
         elif w.qtype == GGMLType.F16:
             mm_float_kernel(code, w.raw, lut, ff.round_to_f16(x2), out)
@@ -399,6 +411,67 @@ def mm_q8_K_kernel(wT, wsc, wmn, wd, wdm, xT, xd, bsums, out):
                     dmin = wdm[r, ib] * xd[t, ib]
                     sumf += d * np.float32(isum) - dmin * np.float32(summs)
                 out[t, r] = sumf
+
+
+# float mode, decode: the q8 planes with float activations. Per group g (a block of
+# 32, or 16 for K-quants) S_g = sum_j q_j x_j and X_g = sum_j x_j, then
+#     y = sum_g coef_g S_g + mcoef_g X_g
+# with coef = d (legacy) or d * sc_g (K), mcoef = m (legacy) or -dmin * mn_g (K):
+# the dot with dequant(W) = coef q + mcoef, factorised per group.
+@njit(cache=True, inline="always")
+def _group_sums_f(wT, xT, S4, S):
+    """Float version of _group_sums: xT (J, n_groups*K) float32."""
+    K = S4.shape[0] // S.shape[0]
+    S4[:] = 0
+    for jj in range(wT.shape[0]):
+        wj, xj = wT[jj], xT[jj]
+        for i in range(S4.shape[0]):
+            S4[i] += np.float32(wj[i]) * xj[i]
+    for b in range(S.shape[0]):
+        s = np.float32(0)
+        for k in range(K):
+            s += S4[b * K + k]
+        S[b] = s
+
+
+@njit(cache=True, parallel=True)
+def mm_float_packed_legacy_kernel(wT, wd, wm, xT, xsum, out):
+    """Legacy weights (q8 planes) x float activations in lane layout; xsum (n_tok, nb) block sums of x."""
+    n_out, _, L = wT.shape
+    nb = wd.shape[1]
+    n_tok = xT.shape[0]
+    n_chunks = (n_out + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+    for c in prange(n_chunks):
+        S4 = np.empty(L, np.float32)
+        S = np.empty(nb, np.float32)
+        for r in range(c * ROWS_PER_CHUNK, min(n_out, (c + 1) * ROWS_PER_CHUNK)):
+            for t in range(n_tok):
+                _group_sums_f(wT[r], xT[t], S4, S)
+                acc = np.float32(0)
+                for b in range(nb):
+                    acc += wd[r, b] * S[b] + wm[r, b] * xsum[t, b]
+                out[t, r] = acc
+
+
+@njit(cache=True, parallel=True)
+def mm_float_packed_K_kernel(wT, wsc, wmn, wd, wdm, xT, xsum, out):
+    """K-quant weights (q8 planes) x float activations in lane layout; xsum (n_tok, ng) group sums of x."""
+    n_out, _, L = wT.shape
+    ng = wsc.shape[1]
+    n_tok = xT.shape[0]
+    n_chunks = (n_out + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+    for c in prange(n_chunks):
+        S4 = np.empty(L, np.float32)
+        S = np.empty(ng, np.float32)
+        for r in range(c * ROWS_PER_CHUNK, min(n_out, (c + 1) * ROWS_PER_CHUNK)):
+            for t in range(n_tok):
+                _group_sums_f(wT[r], xT[t], S4, S)
+                acc = np.float32(0)
+                for g in range(ng):
+                    ib = g // 16
+                    acc += (wd[r, ib] * np.float32(wsc[r, g])) * S[g] \
+                        - (wdm[r, ib] * np.float32(wmn[r, g])) * xsum[t, g]
+                out[t, r] = acc
 
 
 # q8 prefill. With many tokens the integer block sums above cost as much per token
