@@ -7,8 +7,8 @@ type (a :class:`QMatrix` wraps the raw rows, e.g. a zero-copy memmap view).
 Modes
 -----
 ``"float"``
-    ``y[t, r] = sum_i x[t, i] * dequant(W)[r, i]`` in float32, the weights
-    dequantised on the fly. Agrees with ``x @ dequantize(W).T`` computed in
+    ``y[t, r] = sum_i x[t, i] * dequant(W)[r, i]``, accumulated in float32,
+    the activations untouched. Agrees with ``x @ dequantize(W).T`` computed in
     float64 to ~1e-6 relative.
 
 ``"q8"`` (and ``"q8_x86"``)
@@ -41,12 +41,17 @@ Modes
 
 Kernels
 -------
-Numba, parallel (``prange``) over chunks of output rows; the same kernels
-serve decode (1 token) and prefill (many tokens).
+Numba, parallel (``prange``) over chunks of 16 output rows. Decode (fewer
+than :data:`PREFILL_TOKENS` tokens) and prefill use different kernels:
 
-* ``"float"``: each row is dequantised once into a small float32 buffer, then
-  dotted with every token, 4 rows per pass so each activation load feeds 4
-  accumulators (fastmath: the compiler vectorises the reductions).
+* ``"float"``, prefill (:data:`PREFILL_TOKENS` tokens or more) and float
+  weight types: each row is dequantised once into a small float32 buffer,
+  then dotted with every token, 4 rows per pass so each activation load feeds
+  4 accumulators (fastmath: the compiler vectorises the reductions).
+* ``"float"``, decode: the dot with ``dequant(W) = coef_g * q + mcoef_g`` is
+  factorised per block / group g, ``sum_g coef_g * sum_j q_j x_j + mcoef_g *
+  sum_j x_j``, on the packed int8 planes described next (no dequantisation
+  pass; same value up to float32 rounding).
 * ``"q8"``, decode (fewer than :data:`PREFILL_TOKENS` tokens): the weights
   are repacked once per :class:`QMatrix` (:meth:`QMatrix.packed`, ~1 byte per
   weight) into int8 planes in a "lane" layout (quant ``j = K*jj + k`` of block
@@ -73,14 +78,14 @@ Speed
     python -m zigllama_lib.linear_algebra.bench
 
     n_tok   mode     time / call        weight-MACs/s
-        1   float    0.23 - 0.26 ms     3.4 - 3.8 G
-        1   q8       0.07 - 0.10 ms     9 - 12 G      (+ one-off repack: 0.25 ms)
+        1   float    0.13 - 0.16 ms     5.6 - 6.7 G
+        1   q8       0.08 - 0.14 ms     6.2 - 10.5 G   (+ one-off repack: ~0.25 ms)
        64   float    1.6 - 2.1 ms       27 - 34 G
-       64   q8       3.4 - 4.8 ms       12 - 16 G
+       64   q8       2.3 - 3.1 ms       18 - 24 G
 
-(ranges over several runs: the machine was shared with other jobs). The q8
-kernels spend most of their time in the block-sum loop; the float path beats
-q8 for prefill because its reductions run over whole rows (4 rows at a time).
+(ranges over several runs: the machine was shared with other jobs). In a
+whole model (SmolLM2-135M Q4_1, 211 products per token) decode takes ~30 ms
+per token in mode q8 and ~50 ms in mode float, products and the rest together.
 """
 
 from __future__ import annotations
@@ -118,7 +123,9 @@ class QMatrix:
     """A weight matrix ``W: (n_out, n_in)`` in its GGUF type.
 
     ``raw`` is ``(n_out, row_bytes) uint8`` (e.g. ``GGUFFile.tensor_bytes(name)``,
-    a zero-copy memmap view, kept as is).
+    a zero-copy memmap view, kept as is). The first decode-sized product with
+    quantised weights builds :meth:`packed` (about one byte per weight), kept
+    for later calls.
     """
 
     def __init__(self, raw: np.ndarray, qtype: GGMLType, n_in: int):
