@@ -116,7 +116,7 @@ VEC_DOT_TYPE = {
 }
 
 ROWS_PER_CHUNK = 16  # output rows per parallel work item
-PREFILL_TOKENS = 4  # from this many tokens on, q8 mode uses the prefill kernels
+PREFILL_TOKENS = 4  # from this many tokens on, matmul uses the prefill kernels (both modes)
 
 
 class QMatrix:
@@ -148,7 +148,7 @@ class QMatrix:
         return (self.n_out, self.n_in)
 
     def packed(self) -> tuple[np.ndarray, ...]:
-        """The q8-mode planes, built on first use and kept (about 1 byte per weight).
+        """The decode kernels' planes (both modes), built on first use and kept (about 1 byte per weight).
 
         Legacy types: ``wT (n_out, 32/K, nb*K) int8`` (quant ``j = K*jj + k`` of block b at
         ``wT[r, jj, b*K + k]``, see :func:`lanes_for`), ``d, m (n_out, nb) float32``.
