@@ -210,3 +210,19 @@ def test_real_tensor_via_gguf_reader(smollm_path):
     raw = np.asarray(tensor.data)
     assert raw.dtype == np.uint8
     assert_bits_equal(dequantize(raw, GGMLType.Q4_1), gguf_dequant(raw, GGMLType.Q4_1))
+
+
+def test_activation_rounding_to_bf16_and_f16():
+    """x -> bf16 as ggml (gguf-py's BF16 quantiser is ggml_compute_fp32_to_bf16), x -> f16 as numpy."""
+    from zigllama_lib.linear_algebra.float_formats import fp32_to_bf16_bits, round_to_bf16, round_to_f16
+
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 1 << 32, size=200_000, dtype=np.uint64).astype(np.uint32)
+    special = np.array([0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFFFFFFF, 0x00000001, 0x80000000,
+                        0x3F808000, 0x3F818000, 0x7F7FFFFF], np.uint32)  # incl. ties to even
+    x = np.concatenate([bits, special]).view(np.float32)
+    want = np.asarray(gguf.quants.quantize(x, gguf.GGMLQuantizationType.BF16)).view(np.uint16)
+    np.testing.assert_array_equal(fp32_to_bf16_bits(x), want)
+    assert_bits_equal(round_to_bf16(x), (want.astype(np.uint32) << 16).view(np.float32))
+    with np.errstate(over="ignore"):
+        assert_bits_equal(round_to_f16(x), x.astype(np.float16).astype(np.float32))

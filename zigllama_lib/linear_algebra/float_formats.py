@@ -47,7 +47,8 @@ def dequantize_bf16_ref(rows: np.ndarray) -> np.ndarray:
 
 def round_to_f16(x: np.ndarray) -> np.ndarray:
     """float32 rounded to float16 (nearest, ties to even; overflow to inf) and back to float32."""
-    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
 def fp32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
