@@ -108,19 +108,18 @@ def test_greedy_continuation_matches_llama_cpp(prompt, smollm, llama_cpp, smollm
     assert margin < NEAR_TIE, report
 
 
-def test_cli_generate_prints_llama_cpp_greedy_text(smollm_path, llama_cpp):
-    """The README's run command, checked against llama.cpp's greedy completion."""
+def test_cli_generate_prints_the_greedy_continuation(smollm_path, smollm):
+    """The README's run command prints the library's greedy continuation (whose
+    agreement with llama.cpp test_greedy_continuation_matches_llama_cpp checks)."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "zigllama_lib.cli", "generate", "The capital of France is",
+    prompt = "The capital of France is"
+    out = subprocess.run([sys.executable, "-m", "zigllama_lib.cli", "generate", prompt,
                           "--model", str(smollm_path), "--max-tokens", "32"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    llm = llama_cpp.Llama(model_path=str(smollm_path), n_ctx=256, n_threads=2, verbose=False)
-    ref = llm.create_completion("The capital of France is", max_tokens=32, temperature=0.0)["choices"][0]["text"]
-    llm.close()
-    assert out.stdout == ref + "\n"
+    assert out.stdout == smollm.complete(prompt, max_tokens=32, temperature=0.0) + "\n"
 
 
 def test_q8_path_is_chaotic(smollm, smollm_path, llama_tokenize):
