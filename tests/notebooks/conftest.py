@@ -31,6 +31,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "book: builds the Jupyter Book and checks every chapter in headless Chromium")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    # The book build executes every notebook again and takes longest: run it
+    # last, after nbval has pointed at any failing cell more precisely.
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("book") is not None)
+
+
 def notebook_sources() -> list[Path]:
     """The curriculum notebooks, in reading order (their names start with a number)."""
     return sorted(p for p in NOTEBOOKS.glob("[0-9]*.py") if p.is_file())

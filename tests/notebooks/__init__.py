@@ -1,0 +1,1 @@
+"""Notebook, book and JupyterLab tests (a package, so its conftest does not shadow tests/conftest.py)."""
