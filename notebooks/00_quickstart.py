@@ -27,7 +27,9 @@
 # 4. see how temperature reshapes those probabilities;
 # 5. generate text greedily and stream it piece by piece.
 #
-# It takes under half a minute on a laptop CPU once the model is in the cache.
+# It runs in about ten seconds on a laptop CPU once the model is in the cache
+# and Numba has compiled its kernels; the very first run compiles them and
+# takes a minute longer.
 
 # %%
 # Versions: numbers in this notebook were produced with these.
