@@ -1,0 +1,103 @@
+"""Bit-exact mirrors of llama.cpp's x86 AVX2 CPU numerics (``*_ggml`` functions).
+
+Two kinds of evidence:
+
+* kernel level: each function against ggml's own compiled code where the
+  shared library exports it (``libggml-cpu.so`` of llama-cpp-python, called
+  through ctypes), else against a float64 numpy reference to within rounding;
+* model level: SmolLM2 (Q4_1) with the decoder's pieces replaced by these
+  functions, against llama.cpp's logits on the same file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+import pytest
+
+from zigllama_lib.foundation.ggml_types import GGMLType
+from zigllama_lib.linear_algebra.ggml_exact import fma32, matmul_ggml
+from zigllama_lib.linear_algebra.matmul import QMatrix
+from zigllama_lib.linear_algebra.q8 import quantize_q8_0, quantize_q8_1
+
+
+def _ggml_cpu_lib(llama_cpp):
+    path = os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-cpu.so")
+    if not os.path.exists(path):
+        pytest.skip("llama-cpp-python ships no libggml-cpu.so")
+    lib = ctypes.CDLL(path)
+    lib.ggml_cpu_init()  # fills the fp16 -> fp32 table the kernels read
+    return lib
+
+
+@pytest.fixture(scope="module")
+def ggml_cpu(llama_cpp):
+    return _ggml_cpu_lib(llama_cpp)
+
+
+def _random_qmatrix(qtype: GGMLType, n_out: int, n_in: int, rng) -> QMatrix:
+    nb = n_in // 32
+    if qtype == GGMLType.Q4_1:
+        blk = np.empty((n_out * nb, 20), np.uint8)
+        blk[:, 0:2] = (rng.uniform(0.001, 0.05, n_out * nb).astype(np.float16)).view(np.uint8).reshape(-1, 2)
+        blk[:, 2:4] = (rng.uniform(-0.4, 0.0, n_out * nb).astype(np.float16)).view(np.uint8).reshape(-1, 2)
+        blk[:, 4:] = rng.integers(0, 256, (n_out * nb, 16), dtype=np.uint8)
+    else:
+        blk = np.empty((n_out * nb, 34), np.uint8)
+        blk[:, 0:2] = (rng.uniform(0.0005, 0.01, n_out * nb).astype(np.float16)).view(np.uint8).reshape(-1, 2)
+        blk[:, 2:] = rng.integers(-127, 128, (n_out * nb, 32), dtype=np.int8).view(np.uint8)
+    return QMatrix(blk.reshape(n_out, -1), qtype, n_in)
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0])
+def test_matmul_ggml_is_ggml_vec_dot_bit_for_bit(qtype, ggml_cpu):
+    rng = np.random.default_rng(1)
+    n_out, n_in, n_tok = 256, 1536, 3
+    w = _random_qmatrix(qtype, n_out, n_in, rng)
+    x = (rng.standard_normal((n_tok, n_in)) * rng.uniform(0.01, 30, (n_tok, 1))).astype(np.float32)
+    ours = matmul_ggml(w, x)
+    if qtype == GGMLType.Q4_1:
+        f, xb = ggml_cpu.ggml_vec_dot_q4_1_q8_1, quantize_q8_1(x, variant="x86")
+    else:
+        f, xb = ggml_cpu.ggml_vec_dot_q8_0_q8_0, quantize_q8_0(x, variant="x86")
+    P = ctypes.c_void_p
+    f.restype = None
+    f.argtypes = [ctypes.c_int, P, ctypes.c_size_t, P, ctypes.c_size_t, P, ctypes.c_size_t, ctypes.c_int]
+    raw = np.ascontiguousarray(w.raw)
+    s = np.zeros(1, np.float32)
+    ref = np.empty_like(ours)
+    for t in range(n_tok):
+        xrow = np.ascontiguousarray(xb[t])
+        for r in range(n_out):
+            f(n_in, s.ctypes.data, 0, raw[r].ctypes.data, 0, xrow.ctypes.data, 0, 1)
+            ref[t, r] = s[0]
+    assert np.array_equal(ours, ref), f"{np.sum(ours != ref)} of {ours.size} outputs differ"
+    # and it is a matrix product: close to the float64 one
+    exact = x.astype(np.float64) @ w.dequantize().astype(np.float64).T
+    assert np.abs(ours - exact).max() <= 2e-2 * np.abs(exact).max()
+    # vector input
+    assert np.array_equal(matmul_ggml(w, x[1]), ours[1])
+
+
+def test_fma32_is_correctly_rounded():
+    from fractions import Fraction
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal(4000).astype(np.float32)
+    b = rng.standard_normal(4000).astype(np.float32)
+    c = (rng.standard_normal(4000) * 10.0 ** rng.integers(-12, 12, 4000)).astype(np.float32)
+    # double-rounding traps: c = -a*b rounded, plus tiny offsets
+    c[:1000] = (-(a[:1000].astype(np.float64) * b[:1000])).astype(np.float32)
+    for i in range(4000):
+        exact = Fraction(float(a[i])) * Fraction(float(b[i])) + Fraction(float(c[i]))
+        want = np.float32(float(exact))  # Fraction -> float64 is correctly rounded ...
+        # ... but float64 -> float32 may double-round: pick the float32 nearest to exact, ties to even
+        lo, hi = np.nextafter(want, np.float32(-np.inf)), np.nextafter(want, np.float32(np.inf))
+        cands = [lo, want, hi]
+        dist = [abs(Fraction(float(v)) - exact) for v in cands]
+        best = min(dist)
+        ok = [v for v, d in zip(cands, dist) if d == best]
+        want = ok[0] if len(ok) == 1 else [v for v in ok if (np.float32(v).view(np.int32) & 1) == 0][0]
+        assert fma32(a[i], b[i], c[i]) == want, i
