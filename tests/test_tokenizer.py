@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import time
 from pathlib import Path
 
@@ -212,6 +213,22 @@ def test_parse_special_matches_llama_cpp(model, text, toks, refs):
     ours = tok.encode(text, parse_special=True)
     assert ours == ref_tokenize(llm, text, True, True)
     assert tok.decode(ours, skip_special=False).endswith(text)  # control tokens render as their text
+
+
+FUZZ_POOL = list("aAzZ  \t\n\r'sStTlLdDmMvVrReE0189.,!?;:-_()[]{}<>|/\\\"#$%^&*~`@+=") + list(
+    "éÉñßøœçü東京日本語한국어ไทยहिन्दीРусΕλλη١٢½²Ⅻ①😀👍🏽🇫🇷\u200d\u0301\u3000\u00a0\u2028\u0085\x1c\x00\ufeff"
+) + ["<|im_start|>", "<|im_end|>", "<start_of_turn>", "<bos>", "<0x41>", "<unused3>", "'ll", "   ", "\n\n",
+     "\U0001fae9", "\U00010d4a", "\ud800"]
+
+
+@pytest.mark.parametrize("model", ["smollm", "gemma"])
+def test_random_strings_match_llama_cpp(model, toks, refs):
+    """Seeded fuzz: 300 random strings from a pool of troublemakers, with and without parse_special."""
+    tok, llm, rng = toks(model), refs(model), random.Random(model)
+    for _ in range(300):
+        text = "".join(rng.choice(FUZZ_POOL) for _ in range(rng.randrange(1, 60)))
+        for special in (False, True):
+            assert tok.encode(text, parse_special=special) == ref_tokenize(llm, text, True, special), (text, special)
 
 
 def test_special_text_is_plain_text_without_parse_special(toks):
