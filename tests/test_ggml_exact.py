@@ -101,3 +101,86 @@ def test_fma32_is_correctly_rounded():
         ok = [v for v, d in zip(cands, dist) if d == best]
         want = ok[0] if len(ok) == 1 else [v for v in ok if (np.float32(v).view(np.int32) & 1) == 0][0]
         assert fma32(a[i], b[i], c[i]) == want, i
+
+
+# -- element-wise maths (neural_primitives.ggml_math) --------------------------------------
+from zigllama_lib.neural_primitives.ggml_math import (expf_ggml, rms_norm_ggml, rope_ggml, silu_ggml,  # noqa: E402
+                                                      swiglu_ggml)
+
+
+def _f32_ptr(a):
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def _edge_inputs(rng, n):
+    x = np.concatenate([
+        rng.standard_normal(n) * 4,
+        rng.uniform(-110, 95, n),                       # over/underflow branches of v_expf
+        np.array([0.0, -0.0, 88.3, 88.4, 89.0, -87.0, -87.5, -103.9, -104.0, -150.0, 1e-30, -1e-30]),
+    ]).astype(np.float32)
+    return x[: len(x) - len(x) % 8 + 3]  # a tail that is not a multiple of 8
+
+
+def test_expf_ggml_is_ggml_v_expf(ggml_cpu):
+    rng = np.random.default_rng(3)
+    x = _edge_inputs(rng, 4000)
+    ours = expf_ggml(x)
+    # ggml_vec_soft_max_f32(n, y, x, max=0) stores v_expf(x - 0) for chunks of 8, libm expf for the tail
+    f = ggml_cpu.ggml_vec_soft_max_f32
+    f.restype = ctypes.c_double
+    f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float]
+    y = np.empty_like(x)
+    f(len(x), _f32_ptr(y), _f32_ptr(x), 0.0)
+    n8 = len(x) - len(x) % 8
+    assert np.array_equal(ours[:n8], y[:n8], equal_nan=True), f"{np.sum(ours[:n8] != y[:n8])} differ"
+    ref = np.exp(x.astype(np.float64))
+    finite = np.isfinite(ref) & (ref > 1e-37) & (ref < 3e38)
+    assert np.all(np.abs(ours[finite] - ref[finite]) <= 3e-7 * ref[finite])  # ~2 ulp
+    assert np.isinf(expf_ggml(np.float32([89.0, 200.0]))).all() and (expf_ggml(np.float32([-104.5, -300.0])) == 0).all()
+
+
+@pytest.mark.parametrize("n", [1536, 576 + 5])
+def test_swiglu_and_silu_ggml_are_ggml_vec_swiglu(n, ggml_cpu):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3, n)) * 3).astype(np.float32)
+    x[0, :12] = [0, -0.0, 20, -20, 88.5, -88.5, 100, -100, 1e-8, -1e-8, 5, -5]
+    g = rng.standard_normal((3, n)).astype(np.float32)
+    sw = ggml_cpu.ggml_vec_swiglu_f32
+    si = ggml_cpu.ggml_vec_silu_f32
+    sw.restype = si.restype = None
+    sw.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    si.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    ours_sw, ours_si = swiglu_ggml(x, g), silu_ggml(x)
+    for r in range(3):
+        xr, gr = np.ascontiguousarray(x[r]), np.ascontiguousarray(g[r])
+        y = np.empty_like(xr)
+        sw(n, _f32_ptr(y), _f32_ptr(xr), _f32_ptr(gr))
+        assert np.array_equal(ours_sw[r], y)
+        si(n, _f32_ptr(y), _f32_ptr(xr))
+        assert np.array_equal(ours_si[r], y)
+    x64 = x.astype(np.float64)
+    ref = x64 / (1 + np.exp(-x64)) * g
+    assert np.abs(ours_sw - ref).max() <= 1e-6 * max(1.0, np.abs(ref).max())
+
+
+def test_rms_norm_ggml_matches_float64():
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((4, 576)) * 3).astype(np.float32)
+    w = rng.standard_normal(576).astype(np.float32)
+    ours = rms_norm_ggml(x, w, 1e-5)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    assert np.abs(ours - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("mode", ["norm", "neox"])
+def test_rope_ggml_matches_float64(mode):
+    from zigllama_lib.neural_primitives import apply_rope
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((7, 3, 64)).astype(np.float32)
+    pos = np.array([0, 1, 2, 5, 17, 100, 511])
+    ours = rope_ggml(x, pos, 64, 100000.0, mode)
+    ref = apply_rope(x, pos, 64, 100000.0, mode)
+    assert np.abs(ours - ref).max() <= 1e-5
+    assert np.array_equal(ours[0], x[0])  # position 0 rotates by nothing
