@@ -105,7 +105,7 @@ def test_words_match_llama_cpp(pre, oracle, smollm_gguf, probe_metadata, tmp_pat
             words = [tok.token_bytes(i).decode("utf-8", "surrogatepass") for i in ids]
             if splitter.split(text) != words or tok.encode(text, add_special=False) != ids:
                 wrong.append((text, words, splitter.split(text)))
-        assert not wrong, f"{len(wrong)} of {len(PROBES)} differ under pre={pre}; first (text, llama.cpp, ours): {wrong[0]}"
+        assert not wrong, f"{len(wrong)}/{len(PROBES)} differ under pre={pre}; first (text, llama.cpp, ours): {wrong[0]}"
     finally:
         llm.close()
 

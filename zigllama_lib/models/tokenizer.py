@@ -49,8 +49,6 @@ import warnings
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
-import numpy as np
-
 from ..foundation.errors import TokenizerError
 from .pretokenizers import NOT_IMPLEMENTED, PRE_TOKENIZERS, PreTokenizer, PreTokenizerSpec
 from .tokenizer_vocab import (
@@ -446,7 +444,7 @@ class BPETokenizer(Tokenizer):
         defaults = DEFAULT_IDS["gpt2"]
         if spec.no_bos:
             defaults = SpecialIds(**{**defaults.__dict__, "bos": None})
-        vocab = load_vocab(md, "gpt2", spec.add_bos, False, defaults, default_add_space_prefix=False)
+        vocab = load_vocab(md, spec.add_bos, False, defaults, default_add_space_prefix=False)
         merges = require(md, KEY + "merges")
         if isinstance(merges, (str, bytes)):
             raise TokenizerError(f"metadata key {KEY + 'merges'!r} must be an array of strings")

@@ -83,7 +83,7 @@ class SPMTokenizer(Tokenizer):
     @classmethod
     def from_metadata(cls, md: Mapping[str, Any]) -> "SPMTokenizer":
         """Build from GGUF metadata (llama.cpp's SPM defaults: add_bos, add_space_prefix)."""
-        return cls(load_vocab(md, "llama", True, False, DEFAULT_IDS["llama"], default_add_space_prefix=True))
+        return cls(load_vocab(md, True, False, DEFAULT_IDS["llama"], default_add_space_prefix=True))
 
     # -- encoding ------------------------------------------------------------
     def _encode_fragments(self, fragments: list[str | int]) -> list[int]:
@@ -104,7 +104,10 @@ class SPMTokenizer(Tokenizer):
         return text_to_utf8(text).replace(b" ", SPACE)
 
     def encode_piece(self, text: str) -> list[int]:
-        """Ids of one raw fragment (space prefix already added). Example (Gemma 3): ``encode_piece("Hello")``."""
+        """Ids of one raw fragment (space prefix already added).
+
+        Example (Gemma 3): ``encode_piece("Hello")`` -> ``[9259]``.
+        """
         data = self.escape(text)
         state = self.merge(data)
         ids: list[int] = []

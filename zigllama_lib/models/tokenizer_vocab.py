@@ -9,9 +9,9 @@ before any text is tokenized:
   overridden by metadata, completed by spotting well-known token texts;
 * the end-of-generation set (``is_eog``) and ``add_bos`` / ``add_eos``.
 
-Example (SmolLM2)::
+Example (SmolLM2; the defaults are byte-level BPE's)::
 
-    v = load_vocab(md, "gpt2", PRE_TOKENIZERS["smollm"])
+    v = load_vocab(md, False, False, DEFAULT_IDS["gpt2"], default_add_space_prefix=False)
     v.ids.bos, v.ids.eos, v.ids.eot   # -> 1, 2, 0
     sorted(v.eog)                      # -> [0, 2, 4]   (<|endoftext|>, <|im_end|>, <reponame>)
 
@@ -309,7 +309,8 @@ def name_based_attrs(md: Mapping[str, Any], texts: list[str], token_to_id: Mappi
             tid = token_to_id[text]
             attrs[tid] = attrs[tid] | bit if on else attrs[tid] & ~bit
 
-    if any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or arch in ("nomic-bert-moe", "jina-bert-v3"):
+    jina = any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code"))
+    if jina or arch in ("nomic-bert-moe", "jina-bert-v3"):
         set_attr("<mask>", ATTR_LSTRIP, True)
     elif "phi-3" in name or "phi3" in name:
         for tid in np.flatnonzero(attrs & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)):
@@ -323,11 +324,12 @@ def name_based_attrs(md: Mapping[str, Any], texts: list[str], token_to_id: Mappi
 
 # -- putting it together ---------------------------------------------------
 
-def load_vocab(md: Mapping[str, Any], model: str, default_add_bos: bool, default_add_eos: bool,
+def load_vocab(md: Mapping[str, Any], default_add_bos: bool, default_add_eos: bool,
                default_ids: SpecialIds, default_add_space_prefix: bool) -> Vocab:
-    """Read the vocabulary of ``md`` as llama.cpp does for ``tokenizer.ggml.model = model``.
+    """Read the vocabulary of ``md`` as llama.cpp's ``llama_vocab::impl::load``.
 
-    The defaults come from the model kind and pre-tokenizer (see ``tokenizer.py``).
+    The defaults depend on the tokenizer kind and pre-tokenizer (``tokenizer.py``,
+    ``tokenizer_spm.py``); the metadata overrides them.
     """
     tokens = read_tokens(md)
     n = len(tokens)
