@@ -15,8 +15,8 @@ so ``"".join(split(text)) == text``.
 
 How llama.cpp runs a regex (and how we reproduce it)
 ----------------------------------------------------
-llama.cpp does not use a Unicode regex engine. Two expressions (GPT-2's and
-Llama 3's) have hand-written matchers; every other one goes to C++
+llama.cpp does not use a Unicode regex engine. A few expressions (GPT-2's,
+Llama 3's, Qwen's, the digit groupers) have hand-written matchers; the others go to C++
 ``std::regex`` (ECMAScript, bytes) after a trick: each code point >= 128 is
 *collapsed* to one stand-in byte naming its class, and each ``\\p{X}`` in the
 pattern becomes a class of that stand-in plus the ASCII members::
@@ -28,9 +28,10 @@ pattern becomes a class of that stand-in plus the ASCII members::
 We do the same: :func:`collapse` maps the text (same length, so offsets carry
 over) and :func:`translate` rewrites the pattern, which the ``regex`` package
 then runs with ASCII semantics for ``\\s``, ``\\d``, ``\\w``, ``\\b``, as
-``std::regex`` has. The two hand-written matchers agree with their regexes run
-the same way (we checked them case by case against the C++ code), so one
-mechanism serves every pre-tokenizer.
+``std::regex`` has. The hand-written matchers agree with their regexes run the
+same way (checked case by case against the C++ code and against llama.cpp
+itself), so one mechanism serves every pre-tokenizer, except the digit grouper
+of quirk 8.
 
 llama.cpp quirks reproduced here (each checked against llama.cpp itself)
 -----------------------------------------------------------------------
@@ -73,9 +74,11 @@ import regex
 
 # -- 1. code point classes, as llama.cpp's Unicode 15.1 tables ----------------
 
-# Code points first assigned in Unicode 16.0 or 17.0 (inclusive ranges). The
-# installed ``regex`` package knows them; llama.cpp's tables (Unicode 15.1) do
-# not, so they must count as unassigned. Source: Unicode DerivedAge.txt.
+# Code points first assigned in Unicode 16.0 or 17.0 (inclusive ranges): the
+# ones a Unicode-17 ``regex`` package classifies but llama.cpp's tables (Unicode
+# 15.1) leave unassigned, found by comparing the two code point by code point.
+# With a ``regex`` package older than Unicode 15.1, the 15.1 additions (U+2FFC..,
+# U+31EF, CJK extension I) would wrongly count as unassigned.
 POST_15_1: tuple[tuple[int, int], ...] = (
     (0x00558, 0x00558), (0x0058B, 0x0058C), (0x005C8, 0x005C9), (0x0088F, 0x0088F), (0x00897, 0x00897),
     (0x00B53, 0x00B54), (0x00C5C, 0x00C5C), (0x00CDC, 0x00CDC), (0x01ACF, 0x01AF0), (0x01B4E, 0x01B4F),
