@@ -184,3 +184,43 @@ def test_rope_ggml_matches_float64(mode):
     ref = apply_rope(x, pos, 64, 100000.0, mode)
     assert np.abs(ours - ref).max() <= 1e-5
     assert np.array_equal(ours[0], x[0])  # position 0 rotates by nothing
+
+
+# -- attention (transformer.attention_ggml) ------------------------------------------------
+from zigllama_lib.transformer.attention_ggml import _dot_vec_f16, attention_ggml  # noqa: E402
+
+
+def test_decode_dot_is_ggml_vec_dot_f16(ggml_cpu):
+    rng = np.random.default_rng(7)
+    f = ggml_cpu.ggml_vec_dot_f16
+    f.restype = None
+    P = ctypes.c_void_p
+    f.argtypes = [ctypes.c_int, P, ctypes.c_size_t, P, ctypes.c_size_t, P, ctypes.c_size_t, ctypes.c_int]
+    s = np.zeros(1, np.float32)
+    for n in (64, 256, 512, 64 + 7):
+        for _ in range(50):
+            a = (rng.standard_normal(n) * 3).astype(np.float16)
+            b = rng.uniform(0, 1, n).astype(np.float16)
+            f(n, s.ctypes.data, 0, a.ctypes.data, 0, b.ctypes.data, 0, 1)
+            assert _dot_vec_f16(a.astype(np.float32), b.astype(np.float32), n) == s[0], n
+
+
+@pytest.mark.parametrize("n_past,n_tok", [(0, 5), (0, 1), (7, 1), (250, 9)])
+def test_attention_ggml_matches_float64(n_past, n_tok):
+    rng = np.random.default_rng(8)
+    n_head, n_kv_head, d = 9, 3, 64
+    n_kv = n_past + n_tok
+    q = rng.standard_normal((n_tok, n_head, d)).astype(np.float32) * 2
+    k = rng.standard_normal((n_kv + 3, n_kv_head, d)).astype(np.float16)
+    v = rng.standard_normal((n_kv + 3, n_kv_head, d)).astype(np.float16)
+    ours = attention_ggml(q, k, v, n_past, 0.125).reshape(n_tok, n_head, d)
+    q64 = q.astype(np.float16).astype(np.float64)
+    k64, v64 = k[:n_kv].astype(np.float64), v[:n_kv].astype(np.float64)
+    for h in range(n_head):
+        kv = h // 3
+        s = q64[:, h] @ k64[:, kv].T * 0.125
+        s[np.arange(n_kv)[None, :] > n_past + np.arange(n_tok)[:, None]] = -np.inf
+        p = np.exp(s - s.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        ref = p @ v64[:, kv]
+        assert np.abs(ours[:, h] - ref).max() <= 2e-3 * max(1.0, np.abs(ref).max())

@@ -1,0 +1,153 @@
+"""llama.cpp's non-flash attention on the CPU (AVX2 + F16C + FMA), bit for bit.
+
+For one layer llama.cpp builds ``kq = mul_mat(K, Q)``, ``soft_max_ext(kq, mask,
+scale)``, ``kqv = mul_mat(V^T, kq)`` over a float16 KV cache. On an x86 AVX2
+build:
+
+* ``Q`` (float32) and the softmax probabilities are converted to float16 first
+  (``from_float`` of the F16 ``vec_dot_type``, round to nearest even);
+* the KV cache is seen through ``n_kv`` cells, the cells used so far padded up
+  to a multiple of 256 (``kv_pad``): the padding cells are masked (probability
+  0, V rows zero), so they change no value, but they fix which SIMD lane each
+  position lands in and keep every softmax chunk a full vector of 8;
+* prefill (``n_tok >= 2``) runs llamafile's ``tinyBLAS<8, __m256, __m256,
+  ggml_fp16_t, ggml_fp16_t, float>``: per output an 8-lane accumulator,
+  ``acc[l] = fma(a[8i+l], b[8i+l], acc[l])`` over the dot length, then
+  ``hsum = ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7))``;
+* decode (``n_tok == 1``: ``llamafile_sgemm`` declines ``n < 2``) runs
+  ``ggml_vec_dot_f16``: four 8-lane FMA accumulators over steps of 32
+  (element ``i`` in accumulator ``(i % 32) // 8``, lane ``i % 8``), reduced as
+  ``acc0 += acc2; acc1 += acc3; acc0 += acc1`` then ``t_l = x_l + x_{l+4}``,
+  ``(t0+t1) + (t2+t3)``; leftovers (``n % 32``) in double;
+* ``soft_max``: ``w = kq * scale + mask`` (mask 0 / -inf), ``max``, then
+  ``ggml_vec_soft_max_f32``: per chunk of 8 ``e = ggml_v_expf(w - max)``, the
+  chunk's ``hsum`` (float) added to a double sum, then every ``e`` times
+  ``(float)(1.0 / sum)``.
+
+``V`` is stored transposed in llama.cpp's cache (one row of ``n_kv`` values per
+head dimension), so KQV's lanes run over KV positions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..linear_algebra.ggml_exact import fma32, hsum8
+from ..linear_algebra.q8 import round_f16
+from ..neural_primitives.ggml_math import _v_expf
+
+KV_PAD = 256
+
+
+@njit(cache=True, inline="always")
+def _dot_tinyblas(a, b, n):
+    """tinyBLAS F16 (AVX2): 8 FMA lanes over ``n`` (a multiple of 8), then hsum."""
+    acc = np.zeros(8, np.float32)
+    for i in range(0, n, 8):
+        for l in range(8):
+            acc[l] = fma32(a[i + l], b[i + l], acc[l])
+    return hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7])
+
+
+@njit(cache=True, inline="always")
+def _dot_vec_f16(a, b, n):
+    """ggml_vec_dot_f16 (AVX2): 4 x 8 FMA accumulators over steps of 32, GGML_F32x8_REDUCE, double tail."""
+    acc = np.zeros((4, 8), np.float32)
+    np32 = n - n % 32
+    for i in range(0, np32, 32):
+        for j in range(4):
+            for l in range(8):
+                acc[j, l] = fma32(a[i + 8 * j + l], b[i + 8 * j + l], acc[j, l])
+    x = np.empty(8, np.float32)
+    for l in range(8):
+        x0 = acc[0, l] + acc[2, l]
+        x1 = acc[1, l] + acc[3, l]
+        x[l] = x0 + x1
+    t0 = x[0] + x[4]
+    t1 = x[1] + x[5]
+    t2 = x[2] + x[6]
+    t3 = x[3] + x[7]
+    s = np.float64((t0 + t1) + (t2 + t3))
+    for i in range(np32, n):
+        s += np.float64(a[i] * b[i])
+    return np.float32(s)
+
+
+@njit(cache=True, parallel=True)
+def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, out):
+    """q16 (n_tok, n_head, d) f32 holding f16 values; k (n_cols, n_kv_head, d) f32 (f16 values, zero padded);
+    vt (n_kv_head, d_v, n_cols) f32; out (n_tok, n_head, d_v)."""
+    n_tok, n_head, d = q16.shape
+    n_kv_head = k.shape[1]
+    d_v = vt.shape[1]
+    group = n_head // n_kv_head
+    for job in prange(n_tok * n_head):
+        t = job // n_head
+        h = job % n_head
+        kvh = h // group
+        n_vis = n_past + t + 1  # causal: cells 0 .. n_past + t
+        w = np.empty(n_cols, np.float32)
+        qrow = q16[t, h]
+        mx = np.float32(-np.inf)
+        for c in range(n_vis):
+            krow = k[c, kvh]
+            if decode:
+                s = _dot_vec_f16(krow, qrow, d)
+            else:
+                s = _dot_tinyblas(krow, qrow, d)
+            w[c] = s * scale  # + mask 0 (an FMA with 0 rounds the same)
+            if w[c] > mx:
+                mx = w[c]
+        tmp_f = np.empty(1, np.float32)
+        tmp_u = tmp_f.view(np.uint32)
+        total = 0.0
+        p = np.zeros(n_cols, np.float32)
+        for c0 in range(0, n_cols, 8):
+            e = np.zeros(8, np.float32)
+            for l in range(8):
+                c = c0 + l
+                if c < n_vis:
+                    e[l] = _v_expf(w[c] - mx, tmp_f, tmp_u)
+                p[c] = e[l]  # masked cells: v_expf(-inf) = 0
+            total += np.float64(hsum8(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
+        inv = np.float32(1.0 / total)
+        for c in range(n_cols):
+            pc = p[c] * inv
+            p[c] = round_f16(pc)  # KQV's src1 converted to float16 (F16C, nearest even)
+        for j in range(d_v):
+            vrow = vt[kvh, j]
+            if decode:
+                out[t, h, j] = _dot_vec_f16(vrow, p, n_cols)
+            else:
+                out[t, h, j] = _dot_tinyblas(vrow, p, n_cols)
+
+
+def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: int, scale: float,
+                   kv_pad: int = KV_PAD) -> np.ndarray:
+    """Causal GQA attention as llama.cpp's CPU backend computes it (no flash attention).
+
+    Args:
+        q: (n_tok, n_head, d) float32 queries (after RoPE) at positions ``n_past ..``.
+        k_f16, v_f16: (n_kv, n_kv_head, d) float16 cache of positions ``0 .. n_kv-1``
+            (at least ``n_past + n_tok`` rows; later rows are ignored).
+        scale: the KQ scale (``1/sqrt(d)``).
+        kv_pad: llama.cpp's KV-cell padding (256).
+    Returns:
+        (n_tok, n_head * d_v) float32.
+    """
+    q = np.asarray(q, dtype=np.float32)
+    n_tok, n_head, d = q.shape
+    n_kv = n_past + n_tok
+    if k_f16.shape[0] < n_kv or v_f16.shape[0] < n_kv:
+        raise ValueError(f"attention_ggml: the cache holds {k_f16.shape[0]} positions, need {n_kv}")
+    n_kv_head, d_v = v_f16.shape[1], v_f16.shape[2]
+    n_cols = -(-n_kv // kv_pad) * kv_pad
+    q16 = q.astype(np.float16).astype(np.float32)
+    k = np.zeros((n_cols, n_kv_head, d), np.float32)
+    k[:n_kv] = np.asarray(k_f16[:n_kv], dtype=np.float16)
+    vt = np.zeros((n_kv_head, d_v, n_cols), np.float32)
+    vt[:, :, :n_kv] = np.asarray(v_f16[:n_kv], dtype=np.float16).transpose(1, 2, 0)
+    out = np.empty((n_tok, n_head, d_v), np.float32)
+    _attention_kernel(q16, k, vt, n_past, np.float32(scale), n_cols, n_tok == 1, out)
+    return out.reshape(n_tok, n_head * d_v)
