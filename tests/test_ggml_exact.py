@@ -224,3 +224,96 @@ def test_attention_ggml_matches_float64(n_past, n_tok):
         p /= p.sum(1, keepdims=True)
         ref = p @ v64[:, kv]
         assert np.abs(ours[:, h] - ref).max() <= 2e-3 * max(1.0, np.abs(ref).max())
+
+
+# -- end to end: SmolLM2 Q4_1 against llama.cpp ------------------------------------------------
+class GgmlForward:
+    """A llama-architecture forward pass built only from the ``*_ggml`` functions, on a Decoder's
+    weights (kept here so the test does not depend on how the decoder wires its numerics)."""
+
+    def __init__(self, dec, n_ctx=256):
+        self.dec, self.s = dec, dec.spec
+        s = self.s
+        self.k = np.zeros((s.n_layer, n_ctx, s.n_kv_head, s.head_dim_k), np.float16)
+        self.v = np.zeros((s.n_layer, n_ctx, s.n_kv_head, s.head_dim_v), np.float16)
+        self.n_past = 0
+
+    def __call__(self, ids):
+        dec, s = self.dec, self.s
+        n = len(ids)
+        h = dec.embed(np.asarray(ids))
+        pos = np.arange(self.n_past, self.n_past + n)
+        for i, lw in enumerate(dec.layers):
+            x = rms_norm_ggml(h, lw.attn_norm, s.norm_eps)
+            q = matmul_ggml(lw.wq, x).reshape(n, s.n_head, -1)
+            k = matmul_ggml(lw.wk, x).reshape(n, s.n_kv_head, -1)
+            v = matmul_ggml(lw.wv, x).reshape(n, s.n_kv_head, -1)
+            base = s.rope_base_for(i)
+            q = rope_ggml(q, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
+            k = rope_ggml(k, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
+            self.k[i, pos], self.v[i, pos] = k, v  # float32 -> float16, nearest even (ggml's SET_ROWS)
+            a = attention_ggml(q, self.k[i], self.v[i], self.n_past, s.attn_scale)
+            h = h + matmul_ggml(lw.wo, a)
+            x = rms_norm_ggml(h, lw.ffn_norm, s.norm_eps)
+            h = h + matmul_ggml(lw.w_down, swiglu_ggml(matmul_ggml(lw.w_gate, x), matmul_ggml(lw.w_up, x)))
+        self.n_past += n
+        return matmul_ggml(dec.output, rms_norm_ggml(h, dec.output_norm, s.norm_eps))
+
+
+E2E_PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "Q: What is 12 times 12?\nA:",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm_q41(smollm_path):
+    import zigllama_lib as zl
+
+    model = zl.load(smollm_path, n_ctx=256, progress=False)
+    dec = getattr(model, "decoder", None) or model._decoder
+    if dec.spec.arch != "llama":
+        pytest.skip("the end-to-end check is written for the llama architecture")
+    return dec
+
+
+@pytest.mark.parametrize("prompt", E2E_PROMPTS)
+def test_logits_are_llama_cpp_bit_for_bit(prompt, smollm_q41, llama_cpp, smollm_path):
+    llm = llama_cpp.Llama(model_path=str(smollm_path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    try:
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+        llm.eval(ids)
+        ref = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+    ours = GgmlForward(smollm_q41)(ids)
+    per_pos = np.abs(ours - ref).max(axis=1)
+    print(f"\n{prompt!r}: max |ours - llama.cpp| per position:", " ".join(f"{d:.3g}" for d in per_pos))
+    assert per_pos.max() == 0.0, per_pos
+
+
+def test_greedy_32_tokens_are_llama_cpp_s(smollm_q41, llama_cpp, smollm_path):
+    prompt = E2E_PROMPTS[0]
+    llm = llama_cpp.Llama(model_path=str(smollm_path), n_ctx=256, verbose=False, n_threads=2)
+    try:
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+        llm.eval(ids)
+        ref, ref_logits = [], []
+        for _ in range(32):
+            lg = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+            tok = int(lg.argmax())
+            ref.append(tok)
+            ref_logits.append(lg)
+            llm.eval([tok])
+    finally:
+        llm.close()
+    fwd = GgmlForward(smollm_q41)
+    lg = fwd(ids)[-1]
+    ours = []
+    for step in range(32):
+        assert np.array_equal(lg, ref_logits[step]), f"decode step {step}: max diff {np.abs(lg - ref_logits[step]).max()}"
+        tok = int(lg.argmax())
+        ours.append(tok)
+        lg = fwd([tok])[-1]
+    assert ours == ref
