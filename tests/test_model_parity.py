@@ -2,9 +2,12 @@
 
 * logits: our ``numerics="float"`` path on the Q4_1 file vs llama.cpp on an
   F32 copy of the same weights with an F32 KV cache (the same maths): tight.
-* greedy text: our ``numerics="llama.cpp"`` path vs llama.cpp on the Q4_1
-  file itself: identical tokens; a divergence is accepted only at a near-tie,
-  and the test reports where and by what margin.
+* llama.cpp numerics: our ``numerics="llama.cpp"`` path vs llama.cpp on the
+  Q4_1 file itself. That path reproduces llama.cpp's x86 AVX2 arithmetic
+  (8-bit activations, FMA lane order, float16 KV cache, ggml's expf) bit for
+  bit, so logits agree exactly and greedy tokens are identical; a divergence
+  would be accepted only at a float-level tie, and the test reports where
+  and by what margin.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ PROMPTS = [
     "Q: What is 12 times 12?\nA:",
 ]
 N_GREEDY = 32
-# Logit margin below which a divergence is a near-tie, not a bug. The 8-bit
-# activation path is chaotic: perturbing SmolLM2's embeddings by 1e-6
-# (relative) moves its final logits by up to ~0.5 (tests/test_model_parity.py::
-# test_q8_path_is_chaotic measures it), so llama.cpp's own top-2 order is
-# only meaningful beyond that.
-NEAR_TIE = 0.3
+# Logit margin below which a divergence counts as a tie, not a bug. The 8-bit
+# activation path is chaotic (test_q8_path_is_chaotic: a 1e-6 relative nudge
+# of the embeddings moves the logits by up to ~0.5), which is why the path
+# must match llama.cpp's arithmetic bit for bit to agree at all; it does, so
+# only float-level ties are tolerated.
+NEAR_TIE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +66,8 @@ def test_llama_cpp_numerics_track_llama_cpp_on_q4_1(prompt, smollm, llama_cpp, s
     ids = llama_tokenize(prompt)
     ours = smollm.logits(ids, numerics="llama.cpp")
     ref = llama_logits(llama_cpp, smollm_path, ids)
-    # Both sides round activations to 8 bits; bit-level differences in what is
-    # rounded make the logits differ by ~0.15 on average (see test_q8_path_is_chaotic).
-    assert np.abs(ours - ref).mean() < 0.3
+    # bit-for-bit the same arithmetic as llama.cpp's AVX2 build (measured: difference exactly 0)
+    assert np.abs(ours - ref).max() <= 1e-3
     top2 = np.sort(ref, axis=-1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > NEAR_TIE
     assert (ours.argmax(-1) == ref.argmax(-1))[clear].all()

@@ -25,20 +25,21 @@ product goes through layer 2's quantised kernels.
   running an F32 copy of the weights with an F32 KV cache to ~1e-4 in the
   logits (measured: 4e-5 over 5 tokens of SmolLM2). llama.cpp's *default*
   float16 KV cache alone moves its own logits by ~0.02 on the same input.
-* ``"llama.cpp"``: mirrors llama.cpp's CPU path on quantised files:
-  activations quantised to 8 bits per block of 32 before integer dot
-  products (with the rounding of llama.cpp's x86 AVX2 quantiser), a float16
-  KV cache, float16 attention products. The 8-bit rounding is chaotic: a
-  1e-6 relative change of the embeddings moves the final logits by up to
-  ~0.5, so neither this path nor llama.cpp is "the" answer to better than
-  that; greedy tokens agree with llama.cpp's on the same file except where
-  the top two logits are that close (the float path differs from llama.cpp
-  on the quantised file by up to ~1.4 in a logit).
+* ``"llama.cpp"``: llama.cpp's x86 AVX2 CPU arithmetic, reproduced bit for
+  bit where it matters (layer 2's ``matmul_ggml`` for Q4_1/Q8_0 weights,
+  layer 3's ``ggml_math`` for RMSNorm, RoPE and SwiGLU, layer 4's
+  ``attention_ggml``): activations quantised to 8 bits per block of 32, the
+  same FMA lane order and horizontal sums, a float16 KV cache. The 8-bit
+  rounding is chaotic (a 1e-6 relative change of the embeddings moves the
+  final logits by up to ~0.5), so only bit-exact arithmetic gives llama.cpp's
+  tokens; on SmolLM2's Q4_1 file the logits are identical. Other weight types
+  use the 8-bit rounding with our own summation order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -46,25 +47,54 @@ from ..foundation.errors import ModelError
 from ..foundation.ggml_types import GGMLType
 from ..foundation.gguf import GGUFFile
 from ..linear_algebra import QMatrix, get_rows, matmul
+from ..linear_algebra.ggml_exact import SUPPORTED as GGML_EXACT_TYPES
+from ..linear_algebra.ggml_exact import matmul_ggml
 from ..neural_primitives import ACTIVATIONS, apply_rope, rms_norm
+from ..neural_primitives.ggml_math import rms_norm_ggml, rope_ggml, swiglu_ggml
 from ..transformer.attention import attention
+from ..transformer.attention_ggml import attention_ggml
 from ..transformer.kv_cache import KVCache
 from .arch import ArchSpec
 
 
+def _matmul_float(w: QMatrix, x: np.ndarray) -> np.ndarray:
+    return matmul(w, x, "float")
+
+
+def _matmul_llama_cpp(w: QMatrix, x: np.ndarray) -> np.ndarray:
+    """llama.cpp's AVX2 order where we reproduce it bit for bit, its 8-bit rounding elsewhere."""
+    if w.qtype in GGML_EXACT_TYPES:
+        return matmul_ggml(w, x)
+    return matmul(w, x, "q8_x86")
+
+
+def _attention_llama_cpp(q, k, v, n_past, scale, window=None, return_weights=False):
+    if window is not None or return_weights:  # not reproduced bit for bit: rounding mirrored instead
+        return attention(q, k, v, n_past, scale, window=window, f16_products=True, return_weights=return_weights)
+    return attention_ggml(q, k, v, n_past, scale)
+
+
+def _attention_float(q, k, v, n_past, scale, window=None, return_weights=False):
+    return attention(q, k, v, n_past, scale, window=window, return_weights=return_weights)
+
+
 @dataclass(frozen=True)
 class Numerics:
-    """How the decoder rounds: see the module docstring."""
+    """How the decoder rounds: which kernel computes each step (see the module docstring)."""
 
     name: str
-    matmul_mode: str  # "float" or "q8" (layer 2's matmul modes)
     kv_dtype: type
-    f16_attention: bool
+    matmul: Callable  # (QMatrix, x (n_tok, n_in)) -> (n_tok, n_out)
+    rms_norm: Callable  # (x, weight, eps) -> x normalised
+    rope: Callable  # (x, positions, n_rot, base, mode, freq_scale) -> rotated x
+    attention: Callable  # (q, k, v, n_past, scale, window, return_weights) -> out
+    swiglu: Callable | None  # (gate, up) -> silu(gate) * up, or None for act(gate) * up
 
 
 NUMERICS = {
-    "float": Numerics("float", "float", np.float32, False),
-    "llama.cpp": Numerics("llama.cpp", "q8_x86", np.float16, True),
+    "float": Numerics("float", np.float32, _matmul_float, rms_norm, apply_rope, _attention_float, None),
+    "llama.cpp": Numerics("llama.cpp", np.float16, _matmul_llama_cpp, rms_norm_ggml, rope_ggml,
+                          _attention_llama_cpp, swiglu_ggml),
 }
 
 
@@ -189,37 +219,36 @@ class Decoder:
         """Self-attention of layer ``i`` on normalised input ``x: (n_tok, d_model)``; stores K, V in ``cache``."""
         s, lw = self.spec, self.layers[i]
         n_tok = len(x)
-        mode = nm.matmul_mode
-        q = matmul(lw.wq, x, mode)
-        k = matmul(lw.wk, x, mode)
-        v = matmul(lw.wv, x, mode)
+        q, k, v = nm.matmul(lw.wq, x), nm.matmul(lw.wk, x), nm.matmul(lw.wv, x)
         if lw.bq is not None:
             q, k, v = q + lw.bq, k + lw.bk, v + lw.bv
         q = q.reshape(n_tok, s.n_head, s.head_dim_k)
         k = k.reshape(n_tok, s.n_kv_head, s.head_dim_k)
         v = v.reshape(n_tok, s.n_kv_head, s.head_dim_v)
         if lw.q_norm is not None:
-            q = rms_norm(q, lw.q_norm, s.norm_eps)
-            k = rms_norm(k, lw.k_norm, s.norm_eps)
+            q = nm.rms_norm(q, lw.q_norm, s.norm_eps)
+            k = nm.rms_norm(k, lw.k_norm, s.norm_eps)
         pos = np.arange(cache.n_past, cache.n_past + n_tok)
         base = s.rope_base_for(i)
-        q = apply_rope(q, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
-        k = apply_rope(k, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
+        q = nm.rope(q, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
+        k = nm.rope(k, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
         keys, values = cache.store(i, k, v)
         window = s.sliding_window if s.is_sliding(i) else None
-        out = attention(q, keys, values, cache.n_past, s.attn_scale, window=window,
-                        f16_products=nm.f16_attention, return_weights=return_weights)
+        out = nm.attention(q, keys, values, cache.n_past, s.attn_scale, window=window, return_weights=return_weights)
         if return_weights:
             out, weights = out
-            return matmul(lw.wo, out, mode), weights
-        return matmul(lw.wo, out, mode)
+            return nm.matmul(lw.wo, out), weights
+        return nm.matmul(lw.wo, out)
 
     def feed_forward(self, i: int, x: np.ndarray, nm: Numerics) -> np.ndarray:
         """Gated FFN of layer ``i``: ``W_down (act(W_gate x) * W_up x)``."""
         lw = self.layers[i]
-        gate = matmul(lw.w_gate, x, nm.matmul_mode)
-        up = matmul(lw.w_up, x, nm.matmul_mode)
-        return matmul(lw.w_down, self.activation(gate) * up, nm.matmul_mode)
+        gate, up = nm.matmul(lw.w_gate, x), nm.matmul(lw.w_up, x)
+        if nm.swiglu is not None and self.spec.traits.activation == "silu":
+            hidden = nm.swiglu(gate, up)
+        else:
+            hidden = self.activation(gate) * up
+        return nm.matmul(lw.w_down, hidden)
 
     def forward(self, ids, cache: KVCache, numerics: Numerics, all_logits: bool = False,
                 attention_sink: list | None = None) -> np.ndarray:
@@ -238,24 +267,24 @@ class Decoder:
         cache.check_room(len(ids))
         h = self.embed(ids)
         for i, lw in enumerate(self.layers):
-            x = rms_norm(h, lw.attn_norm, s.norm_eps)
+            x = numerics.rms_norm(h, lw.attn_norm, s.norm_eps)
             if attention_sink is not None:
                 a, w = self.attention_block(i, x, cache, numerics, return_weights=True)
                 attention_sink.append(w)
             else:
                 a = self.attention_block(i, x, cache, numerics)
             if lw.post_attn_norm is not None:
-                a = rms_norm(a, lw.post_attn_norm, s.norm_eps)
+                a = numerics.rms_norm(a, lw.post_attn_norm, s.norm_eps)
             h = h + a
-            x = rms_norm(h, lw.ffn_norm, s.norm_eps)
+            x = numerics.rms_norm(h, lw.ffn_norm, s.norm_eps)
             f = self.feed_forward(i, x, numerics)
             if lw.post_ffn_norm is not None:
-                f = rms_norm(f, lw.post_ffn_norm, s.norm_eps)
+                f = numerics.rms_norm(f, lw.post_ffn_norm, s.norm_eps)
             h = h + f
         cache.advance(len(ids))
         if not all_logits:
             h = h[-1:]
-        return matmul(self.output, rms_norm(h, self.output_norm, s.norm_eps), numerics.matmul_mode)
+        return numerics.matmul(self.output, numerics.rms_norm(h, self.output_norm, s.norm_eps))
 
     # -- anatomy ------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

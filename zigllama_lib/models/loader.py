@@ -6,20 +6,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..foundation.errors import TokenizerError
 from ..foundation.gguf import GGUFFile
 from .arch import ArchSpec, spec_from_metadata
 from .decoder import Decoder
-from .bpe import Tokenizer
 from .registry import resolve
-
-
-def tokenizer_from_metadata(md) -> Tokenizer:
-    """The tokenizer named by ``tokenizer.ggml.model``."""
-    model = md.get("tokenizer.ggml.model")
-    if model == "gpt2":
-        return Tokenizer.from_metadata(md)
-    raise TokenizerError(f"tokenizer.ggml.model {model!r} is not supported yet (supported: 'gpt2')")
+from .tokenizer import Tokenizer
 
 
 @dataclass
@@ -37,5 +28,5 @@ def load_gguf(name_or_path: str | os.PathLike, progress: bool = True) -> LoadedM
     gguf = GGUFFile(path)
     embd = gguf.tensors.get("token_embd.weight")
     spec = spec_from_metadata(gguf.metadata, n_vocab_tensor=embd.shape[-1] if embd is not None else None)
-    tokenizer = tokenizer_from_metadata(gguf.metadata)
+    tokenizer = Tokenizer.from_metadata(gguf.metadata)
     return LoadedModel(path, gguf, spec, Decoder(gguf, spec), tokenizer)
