@@ -317,3 +317,15 @@ def test_greedy_32_tokens_are_llama_cpp_s(smollm_q41, llama_cpp, smollm_path):
         ours.append(tok)
         lg = fwd([tok])[-1]
     assert ours == ref
+
+
+def test_fma32_double_rounding_trap():
+    # a*b = 1 + 2^-11 + 2^-24 is a float32 midpoint; c = 2^-60 is below its float64 ulp, so
+    # float64(a*b + c) rounds back onto the midpoint and float32() would round to even (down)
+    a = b = np.float32(1 + 2.0 ** -12)
+    assert fma32(a, b, np.float32(2.0 ** -60)) == np.float32(1 + 2.0 ** -11 + 2.0 ** -23)
+    assert fma32(a, b, np.float32(-(2.0 ** -60))) == np.float32(1 + 2.0 ** -11)
+    assert fma32(-a, b, np.float32(-(2.0 ** -60))) == np.float32(-(1 + 2.0 ** -11 + 2.0 ** -23))
+    # a*b = 1 + 2^-11 + 3*2^-24 is the midpoint above an odd float32: ties-to-even rounds up
+    c = np.float32(1 + 2.0 ** -11 + 2.0 ** -23)
+    assert fma32(np.float32(1.0), c, np.float32(2.0 ** -24)) == np.float32(1 + 2.0 ** -11 + 2.0 ** -22)

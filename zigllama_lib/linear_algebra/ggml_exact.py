@@ -36,9 +36,9 @@ Exact float32 FMA in Numba
 float64 (48 significant bits). ``s = p + c`` in float64 may round; TwoSum gives
 the exact error ``e`` (``p + c = s + e``). Rounding ``s`` to float32 is then
 correct unless ``s`` sits exactly on a float32 rounding boundary (a midpoint)
-while ``e != 0`` -- the double-rounding case. There we step ``s`` one float64
-ulp towards the exact value before rounding (``nextafter``), which lands
-strictly on the correct side. So :func:`fma32` is the correctly rounded FMA for
+while ``e != 0`` -- the double-rounding case. There the result is the neighbour
+of the midpoint on the side of ``e``'s sign. (The midpoint test: mirror the
+rounded ``r`` through ``s``; the image is a float32 only if ``s`` is halfway.) So :func:`fma32` is the correctly rounded FMA for
 all finite inputs (not merely "almost always"), at the cost of a TwoSum.
 """
 
@@ -69,12 +69,14 @@ def fma32(a, b, c):
     e = (p - (s - bb)) + (c64 - bb)  # TwoSum: p + c == s + e exactly
     r = np.float32(s)
     if e != 0.0:
-        up = np.nextafter(s, np.inf)
-        dn = np.nextafter(s, -np.inf)
-        ru = np.float32(up)
-        rd = np.float32(dn)
-        if ru != rd:  # s is a float32 rounding boundary: the sign of e decides
-            r = ru if e > 0.0 else rd
+        r64 = np.float64(r)
+        if r64 != s:
+            # s is a float32 midpoint iff the point mirrored through it, m2 = r + 2(s - r), is a float32
+            # (both steps exact); then the true value s + e lies on the side of e's sign
+            m2 = r64 + 2.0 * (s - r64)
+            if np.float64(np.float32(m2)) == m2:
+                if (e > 0.0) == (m2 > r64):
+                    r = np.float32(m2)
     return r
 
 
@@ -90,9 +92,9 @@ def hsum8(a0, a1, a2, a3, a4, a5, a6, a7):
 
 # -- kernels ----------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _row_dot(wq, wd, wm, r, xq, xd, xs, t, with_min):
+def _row_dot(wq, wd, wm, r, xq, xd, xs, t, with_min, acc):
     nb = wd.shape[1]
-    acc = np.zeros(8, np.float32)
+    acc[:] = 0
     summs = np.float32(0.0)
     for b in range(nb):
         d = wd[r, b] * xd[t, b]  # float32 product
@@ -115,17 +117,19 @@ def _mm_kernel(wq, wd, wm, xq, xd, xs, with_min, out):
     n_out = wq.shape[0]
     n_tok = xq.shape[0]
     for r in prange(n_out):
+        acc = np.empty(8, np.float32)
         for t in range(n_tok):
-            out[t, r] = _row_dot(wq, wd, wm, r, xq, xd, xs, t, with_min)
+            out[t, r] = _row_dot(wq, wd, wm, r, xq, xd, xs, t, with_min, acc)
 
 
 @njit(cache=True)
 def _mm_kernel_serial(wq, wd, wm, xq, xd, xs, with_min, out):
     n_out = wq.shape[0]
     n_tok = xq.shape[0]
+    acc = np.empty(8, np.float32)
     for r in range(n_out):
         for t in range(n_tok):
-            out[t, r] = _row_dot(wq, wd, wm, r, xq, xd, xs, t, with_min)
+            out[t, r] = _row_dot(wq, wd, wm, r, xq, xd, xs, t, with_min, acc)
 
 
 # -- weights: unpacked once per QMatrix -------------------------------------------------
