@@ -462,7 +462,7 @@ ax.set_yscale("log")
 ax.set_xlabel("layer (0 = embeddings)")
 ax.set_ylabel(r"$\|h\|$")
 ax.set_title(f"Hidden-state norm per layer for {prompt!r}", fontsize=10)
-ax.legend(fontsize=7, ncol=len(pieces), loc="upper left")
+ax.legend(fontsize=7, ncol=2, loc="lower right")
 fig.tight_layout()
 plt.show()
 peak = int(np.argmax(norms[:, 0]))
@@ -480,7 +480,7 @@ print(f"the first token's norm peaks after layer {peak} at {norms[peak, 0]:.0f},
 #   its share, because the blocks are stored in 5-bit Q4_1.
 # - Byte-level BPE: the pre-tokenizer's regex cuts words, each word's bytes are
 #   mapped to 256 printable symbols, and merges join the lowest-rank adjacent
-#   pair until none is left. Ten lines of Python give the library's tokens.
+#   pair until none is left. A dozen lines of Python give the library's tokens.
 # - The decoder embeds the ids, adds attention and feed-forward outputs to the
 #   residual stream block by block, normalises, and projects onto the
 #   vocabulary; doing it by hand reproduces `model.logits`.
