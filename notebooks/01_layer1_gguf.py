@@ -455,7 +455,8 @@ t_touch = time.perf_counter() - t0
 print(f"mmap the file                  {t_mmap * 1e3:8.3f} ms")
 print(f"GGUFFile (map + parse header)  {t_open * 1e3:8.3f} ms")
 print(f"read the whole file            {t_read * 1e3:8.3f} ms  ({len(everything) / 2**20:.0f} MiB copied)")
-print(f"first pass over token_embd     {t_touch * 1e3:8.3f} ms  ({mapped.info('token_embd.weight').n_bytes / 2**20:.0f} MiB through the map)")
+embd_mib = mapped.info("token_embd.weight").n_bytes / 2**20
+print(f"first pass over token_embd     {t_touch * 1e3:8.3f} ms  ({embd_mib:.0f} MiB through the map)")
 del everything
 
 # %% [markdown]

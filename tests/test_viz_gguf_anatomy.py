@@ -216,8 +216,10 @@ def test_plot_file_map_smoke(smol):
     ax_file, ax_head, ax_types = fig.axes
     ranges = ga.file_map(smol)
     header = [r for r in ranges if r.stop <= smol.data_offset]
-    assert len(ax_file.collections) == len(ranges)
-    assert len(ax_head.collections) == len(header)
+    # one rectangle per range, one collection per colour
+    assert sum(len(c.get_paths()) for c in ax_file.collections) == len(ranges)
+    assert sum(len(c.get_paths()) for c in ax_head.collections) == len(header)
+    assert len(ax_file.collections) == len({r.section for r in ranges} - {ga.TENSOR_DATA}) + 3  # + 3 types
     assert len(ax_types.patches) == 3  # one bar per ggml type
     labels = {t.get_text() for t in ax_head.texts}
     assert {"tokens", "merges"} <= labels

@@ -248,10 +248,14 @@ def _type_colors(f: GGUFFile) -> dict[str, str]:
 
 
 def _draw_strip(ax, ranges: Sequence[ByteRange], colors: dict[str, str], scale: float, key) -> None:
-    """Ranges as adjacent coloured bars on one row (x in units of ``scale`` bytes)."""
+    """Ranges as adjacent bars on one row, one bar collection per colour (x in units of ``scale`` bytes)."""
+    groups: dict[str, list[tuple[float, float]]] = {}
     for r in ranges:
-        ax.broken_barh([(r.start / scale, r.n_bytes / scale)], (0, 1), facecolors=colors[key(r)],
-                       edgecolor="none")
+        groups.setdefault(key(r), []).append((r.start / scale, r.n_bytes / scale))
+    # the colours with fewest bytes first: sub-pixel ranges (norm vectors) are painted
+    # over by their large neighbours instead of showing up as stray lines
+    for name, spans in sorted(groups.items(), key=lambda g: sum(w for _, w in g[1])):
+        ax.broken_barh(spans, (0, 1), facecolors=colors[name], edgecolor="none")
     ax.set_yticks([])
     ax.set_ylim(0, 1)
     for side in ("left", "right", "top"):
@@ -310,12 +314,15 @@ def plot_file_map(f: GGUFFile, figsize: tuple[float, float] = (7, 4.2)):
         ax_types.text(b / mib, y, f" {n} tensor{'s' if n != 1 else ''}, {b / total:.1%}", va="center", fontsize=8)
     ax_types.set_xlim(0, max(sizes) * 1.45)
     ax_types.set_xlabel("tensor data per ggml type (MiB)")
+    ax_types.tick_params(axis="y", labelsize=8)
 
     handles = [Patch(color=SECTION_COLORS[s], label=s) for s in (PREAMBLE, METADATA, TENSOR_INFO, PADDING)]
     handles += [Patch(color=c, label=f"data {t}") for t, c in type_colors.items()]
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), fontsize=7,
-               frameon=False, bbox_to_anchor=(0.5, 0.93))
-    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    ncol = min(len(handles), 5)
+    legend_rows = -(-len(handles) // ncol)
+    fig.legend(handles=handles, loc="upper center", ncol=ncol, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.05 * legend_rows))
     return fig
 
 
