@@ -59,7 +59,7 @@ def merge_trace(tokenizer, text: str) -> list[WordTrace]:
     Uses ``tokenizer.merge_steps`` (the library's own loop) and finds, between
     two consecutive steps, the one pair that was joined and its rank in
     ``tokenizer.ranks``. Example (SmolLM2): ``merge_trace(tok, " hi")[0].steps``
-    -> ``[[b" ", b"h", b"i"], [b" h", b"i"], [b" hi"]]`` with ``ranks`` ``[0, ...]``.
+    -> ``[[b" ", b"h", b"i"], [b" h", b"i"], [b" hi"]]``, ``ranks`` ``[42, 15624]``.
     """
     if not hasattr(tokenizer, "ranks"):
         raise TokenizerError(f"merge traces need a byte-level BPE tokenizer (tokenizer.ggml.model 'gpt2'), "
