@@ -252,9 +252,7 @@ def _draw_strip(ax, ranges: Sequence[ByteRange], colors: dict[str, str], scale: 
     groups: dict[str, list[tuple[float, float]]] = {}
     for r in ranges:
         groups.setdefault(key(r), []).append((r.start / scale, r.n_bytes / scale))
-    # the colours with fewest bytes first: sub-pixel ranges (norm vectors) are painted
-    # over by their large neighbours instead of showing up as stray lines
-    for name, spans in sorted(groups.items(), key=lambda g: sum(w for _, w in g[1])):
+    for name, spans in groups.items():
         ax.broken_barh(spans, (0, 1), facecolors=colors[name], edgecolor="none")
     ax.set_yticks([])
     ax.set_ylim(0, 1)
