@@ -31,10 +31,14 @@ Q4_1 and Q5_1 are *asymmetric*: their grid spans ``[lo, hi]``.
 The float types are one value per "block": F32 (the bits), F16 (nearest even,
 overflow to inf) and BF16 (``float_formats.fp32_to_bf16_bits``).
 
+The K-quants Q4_K (4.5 bpw) and Q6_K (6.5625 bpw) quantise super-blocks of 256
+weights, with a small search for each sub-block's scale (their section below
+has the formulas); most published GGUF files use them.
+
 :func:`quantize` runs a Numba kernel, parallel over rows;
 :func:`quantize_reference` is the readable numpy version (one ``quantize_blocks_*``
-function per format). The tests check both against gguf-py and ggml's own
-compiled ``quantize_row_*_ref``.
+function per format; not the K-quants). The tests check them against gguf-py
+and against ggml's own compiled ``quantize_row_*_ref``.
 """
 
 from __future__ import annotations
