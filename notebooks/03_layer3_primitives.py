@@ -477,8 +477,10 @@ print("neox on the original layout == norm on the GGUF layout")
 
 # %%
 wrong_spec = dataclasses.replace(spec, traits=dataclasses.replace(spec.traits, rope_mode="neox"))
-for label, dec in (("norm (right)", model.decoder), ("neox (wrong)", Decoder(model.gguf, wrong_spec))):
-    z = dec.forward(ids, dec.new_cache(len(ids), float_numerics), float_numerics)[0].astype(np.float64)
+wrong = Decoder(model.gguf, wrong_spec)                           # same weights, other pairing
+wrong_logits = wrong.forward(ids, wrong.new_cache(len(ids), float_numerics), float_numerics)   # (1, n_vocab)
+for label, z in (("norm (right)", logits[-1]), ("neox (wrong)", wrong_logits[0])):
+    z = z.astype(np.float64)
     p = np.exp(z - z.max())
     p /= p.sum()
     top = np.argsort(p)[::-1][:3]
