@@ -57,11 +57,6 @@ from .q8 import round_f16, roundf
 
 QK = 32  # weights per block of the legacy types
 
-# ggml ids as plain ints for the kernels' dispatch
-F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
-Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = (int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0),
-                                int(GGMLType.Q5_1), int(GGMLType.Q8_0))
-Q4_K, Q6_K = int(GGMLType.Q4_K), int(GGMLType.Q6_K)
 
 
 # -- numpy references: (n_blocks, 32) float32 -> (n_blocks, type_size) uint8 ---------------------------
@@ -216,7 +211,7 @@ def roundf_scalar(v):
     return -a if v < 0 else a
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def row_q8_0(x, out):
     for ib in range(x.shape[0] // QK):
         xo, o = ib * QK, ib * 34
@@ -253,7 +248,7 @@ def min_max_block(x, xo):
     return lo, hi
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def row_symmetric(x, out, bits):
     """Q4_0 (``bits = 4``) or Q5_0 (``bits = 5``): d = M / -2^(bits-1), w = d (q - 2^(bits-1))."""
     half_range = np.float32(1 << (bits - 1))  # 8 or 16
@@ -276,7 +271,7 @@ def row_symmetric(x, out, bits):
             put_u32(out, o + 2, qh)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def row_asymmetric(x, out, bits):
     """Q4_1 (``bits = 4``) or Q5_1 (``bits = 5``): d = (hi - lo) / (2^bits - 1), m = lo, w = d q + m."""
     qmax = (1 << bits) - 1
@@ -302,7 +297,7 @@ def row_asymmetric(x, out, bits):
             put_u32(out, o + 4, qh)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def row_bf16(x, out):
     """ggml's ``ggml_compute_fp32_to_bf16``: round the float32 bits to their top 16, nearest even."""
     u = x.view(np.uint32)
@@ -347,7 +342,7 @@ def clamp(v, lo, hi):
     return max(lo, min(hi, v))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def make_qkx2_quants(x, weights, L, Laux, nmax, rmin, rdelta, nstep):
     """Fit ``x (n,) ~ scale * L - min`` with ``L`` in 0..nmax, minimising sum w (error)^2 (ggml, use_mad=false).
 
@@ -409,7 +404,7 @@ def make_qkx2_quants(x, weights, L, Laux, nmax, rmin, rdelta, nstep):
     return scale, -fmin
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def make_qx_quants(x, L, nmax):
     """Symmetric fit ``x (n,) ~ scale * (L - nmax)``, ``L`` in 0..2 nmax - 1, weights ``x^2`` (ggml, rmse_type=1).
 
@@ -472,7 +467,7 @@ def put_scale_min_k4(out, o, j, ls, lm):
         out[o + j] |= (lm >> 4) << 6
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def row_q4_K(x, out):
     L = np.empty(QK_K, np.uint8)  # quants of the super-block, 0..15
     Laux = np.empty(32, np.uint8)
@@ -521,7 +516,7 @@ def row_q4_K(x, out):
                 out[o + 16 + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << 4)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def row_q6_K(x, out):
     L = np.empty(QK_K, np.uint8)  # quants of the super-block, 0..63
     scales = np.empty(16, np.float32)
@@ -558,32 +553,61 @@ def row_q6_K(x, out):
                 out[o + 128 + 32 * h + l] = (q0 >> 4) | ((q1 >> 4) << 2) | ((q2 >> 4) << 4) | ((q3 >> 4) << 6)
 
 
-@njit(cache=True, inline="always")
-def quantize_row(code, x, out):
-    """Row ``x: (n_cols,) float32`` -> ``out: (row_bytes,) uint8`` in ggml type ``code``."""
-    if code == Q4_0:
-        row_symmetric(x, out, 4)
-    elif code == Q5_0:
-        row_symmetric(x, out, 5)
-    elif code == Q4_1:
-        row_asymmetric(x, out, 4)
-    elif code == Q5_1:
-        row_asymmetric(x, out, 5)
-    elif code == Q8_0:
-        row_q8_0(x, out)
-    elif code == Q4_K:
-        row_q4_K(x, out)
-    elif code == Q6_K:
-        row_q6_K(x, out)
-    elif code == BF16:
-        row_bf16(x, out)
+# One kernel per type, parallel over rows: x (n_rows, n_cols) float32 -> out (n_rows, row_bytes) uint8.
+# (Separate kernels: a notebook compiles only the types it uses.)
+@njit(cache=True, parallel=True)
+def quantize_rows_q4_0(x, out):
+    for r in prange(x.shape[0]):
+        row_symmetric(x[r], out[r], 4)
 
 
 @njit(cache=True, parallel=True)
-def quantize_rows_kernel(code, x, out):
-    """``x: (n_rows, n_cols) float32 -> out: (n_rows, row_bytes) uint8``, parallel over rows."""
+def quantize_rows_q5_0(x, out):
     for r in prange(x.shape[0]):
-        quantize_row(code, x[r], out[r])
+        row_symmetric(x[r], out[r], 5)
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows_q4_1(x, out):
+    for r in prange(x.shape[0]):
+        row_asymmetric(x[r], out[r], 4)
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows_q5_1(x, out):
+    for r in prange(x.shape[0]):
+        row_asymmetric(x[r], out[r], 5)
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows_q8_0(x, out):
+    for r in prange(x.shape[0]):
+        row_q8_0(x[r], out[r])
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows_q4_K(x, out):
+    for r in prange(x.shape[0]):
+        row_q4_K(x[r], out[r])
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows_q6_K(x, out):
+    for r in prange(x.shape[0]):
+        row_q6_K(x[r], out[r])
+
+
+@njit(cache=True, parallel=True)
+def quantize_rows_bf16(x, out):
+    for r in prange(x.shape[0]):
+        row_bf16(x[r], out[r])
+
+
+KERNELS = {
+    GGMLType.Q4_0: quantize_rows_q4_0, GGMLType.Q5_0: quantize_rows_q5_0, GGMLType.Q4_1: quantize_rows_q4_1,
+    GGMLType.Q5_1: quantize_rows_q5_1, GGMLType.Q8_0: quantize_rows_q8_0, GGMLType.Q4_K: quantize_rows_q4_K,
+    GGMLType.Q6_K: quantize_rows_q6_K, GGMLType.BF16: quantize_rows_bf16,
+}
 
 
 # -- public ---------------------------------------------------------------------------------------------
@@ -627,7 +651,7 @@ def quantize(x: np.ndarray, qtype) -> np.ndarray:
     elif t == GGMLType.F16:  # numpy's conversion is ggml's (nearest even, overflow to inf), and fast
         out[:] = f16_bytes(rows.reshape(-1)).reshape(out.shape)
     elif out.size:
-        quantize_rows_kernel(int(t), rows, out)
+        KERNELS[t](rows, out)
     return out.reshape(*shape[:-1], out.shape[1])
 
 
