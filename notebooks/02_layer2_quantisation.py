@@ -241,7 +241,7 @@ assert n_same == n_blocks
 # %%
 tensors = ["token_embd.weight", "blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.29.ffn_down.weight"]
 t0 = time.perf_counter()
-table = vq.error_table(model, tensors)  # one row per (tensor, format)
+table = vq.error_table(model, tensors, formats=vq.LEGACY_FORMATS)  # one ErrorStat per (tensor, format)
 n_vocab = gguf.info("token_embd.weight").np_shape[0]
 print(f"({time.perf_counter() - t0:.1f} s; token_embd: every {-(-n_vocab // vq.MAX_ROWS)}th of its {n_vocab:,} rows)")
 print(f"{'tensor':24s} {'stored':6s} {'format':6s} {'bpw':>4s} {'rel. RMS':>9s} {'max |e|':>8s} {'exact':>6s}")
@@ -265,18 +265,21 @@ print(f"token_embd: Q4_0 / Q5_0 = {emb['Q4_0'] / emb['Q5_0']:.2f}, Q4_1 / Q5_1 =
 # %% [markdown]
 # ## 4. The picture: error per format
 #
-# Histograms of $|e|$ for the token embedding, on a log axis: each extra bit
-# moves the hump left by a factor of 2, and Q8_0 (the file's own format here)
-# has no error to draw.
+# Left, histograms of $|e|$ for the token embedding on a log axis: each extra
+# bit moves the hump left by a factor of 2, and Q8_0 (the file's own format
+# here) has no error to draw. Right, the same errors measured in steps of the
+# weight's grid, $e / d$: inside $[-\tfrac12, \tfrac12]$ (shaded), except for
+# the few weights Q4_0 and Q5_0 clamp on the side opposite the block's extreme.
 
 # %%
 w_emb = vq.tensor_values(model, "token_embd.weight")  # (2048, 576) float32: every 24th row
-fig = vq.plot_error_histograms(w_emb, title="token_embd.weight (stored Q8_0)")
+fig = vq.plot_error_histograms(w_emb, vq.LEGACY_FORMATS, title="token_embd.weight (stored Q8_0)")
 plt.show()
 
 # %% [markdown]
 # And the summary over the four tensors: relative RMS error against bits per
-# weight. The triangles at the bottom are the tensors' own formats (error 0).
+# weight. The hollow markers at the bottom are the tensors' own formats
+# (error 0); the dashed guide falls by a factor of 2 per bit.
 
 # %%
 fig = vq.plot_error_vs_bits(table, title="Error against storage, per tensor")
@@ -289,7 +292,7 @@ plt.show()
 # the book shows; in JupyterLab the pickers redraw it.
 
 # %%
-vq.quantisation_error_view(model, tensor="blk.0.ffn_down.weight")
+vq.quantisation_error_view(model, tensor="blk.0.ffn_down.weight", fmt="Q4_0")
 
 # %% [markdown]
 # ## 6. The quantised matrix-vector product
@@ -320,7 +323,7 @@ W = QMatrix(gguf.tensor_bytes("blk.0.ffn_up.weight"), W_info.ggml_type, n_in=W_i
 paris = model.tokenizer.encode(" Paris", add_special=False)[0]
 x = get_rows(gguf.tensor_bytes("token_embd.weight"), GGMLType.Q8_0, [paris])[0]  # (576,) float32
 xq = quantize_q8_1(x)  # (576 / 32 * 36,) uint8: 18 blocks of d', s, 32 int8
-print(f"W: {W.shape} {W.qtype.name}, x: {x.shape}, x as Q8_1: {xq.size} bytes")
+print(f"W: {W.shape} {W.qtype.name} ({W.n_out * W.n_in:,} weights), x: {x.shape}, x as Q8_1: {xq.size} bytes")
 
 # %% [markdown]
 # The naive version reads the bytes of one row and one activation vector
@@ -348,12 +351,10 @@ def dot_q4_1_q8_1(w_row, x_q8):
     return total
 
 
-n_rows_py = 16  # pure Python is slow: a few rows, then scale to the whole matrix
+n_rows_py = 16  # pure Python is slow: a few rows (timed below, then scaled to the whole matrix)
 w_bytes, x_bytes = np.asarray(W.raw), xq.tobytes()
-t0 = time.perf_counter()
 y_python = np.array([dot_q4_1_q8_1(w_bytes[r].tobytes(), x_bytes) for r in range(n_rows_py)], dtype=np.float32)
-t_python = (time.perf_counter() - t0) / n_rows_py * W.n_out  # seconds for all rows, extrapolated
-print(f"pure Python: {n_rows_py} rows, {t_python / W.n_out * 1e3:.2f} ms per row")
+print(f"pure Python, first {n_rows_py} outputs:", y_python[:4], "...")
 
 # %% [markdown]
 # The numpy version does the same for all rows at once: unpack every block
@@ -390,36 +391,43 @@ print(f"pure Python, numpy and Numba agree bit for bit; 8-bit x vs exact float p
 # %% [markdown]
 # All three give the same float32 numbers, bit for bit; the 8-bit rounding of
 # $x$ moves the result by a few parts in ten thousand of its largest entry.
-# Now the speed (time per product; the machine's other work makes these
-# numbers vary from run to run):
+# Now the speed: the best of several calls of each (the best is the least
+# disturbed by other programs on the machine; the pure Python time is for
+# 16 rows, scaled to the whole matrix):
 
 # %%
-def median_time(fn, reps):
+def best_time(fn, reps):
+    """The shortest of ``reps`` wall-clock times of ``fn()``, in seconds."""
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return min(times)
 
 
 matmul(W, x, mode="q8")  # warm: packs W's integers once (kept in W)
-t_numpy = median_time(lambda: matvec_q4_1_numpy(w_bytes, xq), 5)
-t_numba = median_time(lambda: matmul(W, x, mode="q8"), 50)
-times = {"pure Python (16 rows, scaled)": t_python, "numpy": t_numpy, "Numba kernel (matmul, q8)": t_numba}
+t_python = best_time(lambda: [dot_q4_1_q8_1(w_bytes[r].tobytes(), x_bytes) for r in range(n_rows_py)], 3)
+t_python *= W.n_out / n_rows_py  # scaled to all rows
+t_numpy = best_time(lambda: matvec_q4_1_numpy(w_bytes, xq), 5)
+t_numba = best_time(lambda: matmul(W, x, mode="q8"), 50)
+times = {f"pure Python ({n_rows_py} rows, scaled)": t_python, "numpy": t_numpy, "Numba kernel (matmul, q8)": t_numba}
 for k, v in times.items():
-    print(f"{k:30s} {v * 1e3:9.3f} ms  ({v / t_numba:,.0f}x the Numba kernel)")
+    print(f"{k:30s} {v * 1e3:9.3f} ms")
+print(f"the Numba kernel is {t_python / t_numba:,.0f}x faster than pure Python and "
+      f"{t_numpy / t_numba:,.1f}x faster than numpy")
 
 # %%
-fig = vq.plot_kernel_speed(times, title=f"y = W x, W {W.shape[0]} x {W.shape[1]} in Q4_1: time per call")
+fig = vq.plot_kernel_speed(times, title=f"y = W x, W of {W.shape[0]} x {W.shape[1]} in Q4_1: time per call")
 plt.show()
 
 # %% [markdown]
-# The kernel is thousands of times faster than the Python loop and tens of
-# times faster than numpy, which builds a 32-bit integer copy of every weight
-# on each call. The Numba kernel unpacks the weights once into int8 planes
-# (about a byte per weight, kept in `W`), then runs tight loops over 8-bit
-# integers that the compiler vectorises, in parallel over output rows.
+# The Python loop pays the interpreter's price for every one of the
+# matrix's 884,736 multiply-adds. numpy moves the loops into C but builds a
+# 32-bit integer copy of every weight on each call. The Numba kernel unpacks
+# the weights once into int8 planes (about a byte per weight, kept in `W`),
+# then runs tight loops over 8-bit integers that the compiler vectorises, in
+# parallel over output rows.
 #
 # ## Summary
 #
@@ -434,7 +442,7 @@ plt.show()
 #   weights a tensor's own format scores zero.
 # - A quantised matrix-vector product is integer dot products per block plus
 #   a few float multiplications; the Numba kernel matches a pure Python
-#   version bit for bit, thousands of times faster.
+#   version bit for bit, orders of magnitude faster.
 #
 # ## Exercises
 #
