@@ -103,3 +103,12 @@ def test_kv_cache_refuses_overflow():
     c.advance(3)
     with pytest.raises(ContextLengthError, match="exceed the context of 4"):
         c.check_room(2)
+
+
+def test_unknown_rope_mode_is_a_config_error():
+    from zigllama_lib.foundation.errors import ConfigError
+    from zigllama_lib.neural_primitives import apply_rope
+
+    x = np.zeros((2, 1, 4), np.float32)
+    with pytest.raises(ConfigError, match="unknown RoPE mode 'spiral'"):
+        apply_rope(x, np.arange(2), 4, 10000.0, "spiral")

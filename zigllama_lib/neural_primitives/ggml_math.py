@@ -33,6 +33,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ..foundation.errors import ConfigError
 from ..linear_algebra.ggml_exact import fma32
 
 _F = np.float32
@@ -141,7 +142,7 @@ def swiglu_ggml(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     gate = np.asarray(gate, dtype=np.float32)
     up = np.asarray(up, dtype=np.float32)
     if gate.shape != up.shape:
-        raise ValueError(f"swiglu_ggml: gate {gate.shape} and up {up.shape} differ")
+        raise ConfigError(f"swiglu_ggml: gate {gate.shape} and up {up.shape} differ")
     gr, ur = _rows(gate), _rows(up)
     out = np.empty_like(gr)
     _swiglu_kernel(gr, ur, out, True)
@@ -211,7 +212,7 @@ def rope_ggml(x: np.ndarray, positions: np.ndarray, n_rot: int, base: float,
               mode: str = "norm", freq_scale: float = 1.0) -> np.ndarray:
     """RoPE as ggml's CPU ``rope`` op (no YaRN / freq factors): same arguments as ``apply_rope``."""
     if mode not in ("norm", "neox"):
-        raise ValueError(f"unknown RoPE mode {mode!r}")
+        raise ConfigError(f"unknown RoPE mode {mode!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     pos = np.asarray(positions, dtype=np.int64)
     half = n_rot // 2

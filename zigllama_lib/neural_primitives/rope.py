@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..foundation.errors import ConfigError
+
 ROPE_MODES = ("norm", "neox")
 
 
@@ -39,7 +41,7 @@ def apply_rope(x: np.ndarray, positions: np.ndarray, n_rot: int, base: float,
                mode: str = "norm", freq_scale: float = 1.0) -> np.ndarray:
     """Rotate ``x``: (n_tok, n_head, head_dim) float32 by ``positions``: (n_tok,). Returns a new array."""
     if mode not in ROPE_MODES:
-        raise ValueError(f"unknown RoPE mode {mode!r}; expected one of {ROPE_MODES}")
+        raise ConfigError(f"unknown RoPE mode {mode!r}; expected one of {ROPE_MODES}")
     theta = rope_angles(positions, n_rot, base, freq_scale)[:, None, :]  # (n_tok, 1, n_rot/2)
     cos, sin = np.cos(theta), np.sin(theta)
     out = np.array(x, dtype=np.float32, copy=True)
