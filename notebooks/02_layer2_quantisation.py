@@ -14,10 +14,11 @@
 # %% [markdown]
 # # Layer 2 - Quantisation and quantised matrix products
 #
-# SmolLM2-135M-Instruct has 135 million weights. As 32-bit floats they would
-# take about 540 MB; the file we run stores almost all of them in 5 bits, as
-# *Q4_1 blocks*: 32 weights share one scale and one offset, and each weight
-# keeps only a 4-bit integer. `zigllama_lib.linear_algebra` reads those blocks,
+# SmolLM2-135M-Instruct has about 135 million weights. As 32-bit floats they
+# would take about 540 MB; the file we run stores four in five of them in 5
+# bits, as *Q4_1 blocks* (32 weights share one scale and one offset, and each
+# weight keeps only a 4-bit integer), and the rest, the token embedding, in
+# 8.5 bits (Q8_0). `zigllama_lib.linear_algebra` reads those blocks,
 # writes them, and multiplies matrices without unpacking them to floats first.
 # This notebook builds each of these steps by hand and checks the library
 # against it.
@@ -33,7 +34,7 @@
 #    activations, integer sums per block) in pure Python, numpy and Numba, and
 #    measure how much faster the compiled kernel is.
 #
-# It runs in about half a minute once Numba's cache is warm.
+# It runs in well under a minute once Numba's cache is warm.
 
 # %%
 # Versions: numbers in this notebook were produced with these.
@@ -54,6 +55,21 @@ from zigllama_lib.viz import quantisation as vq
 print(f"python {platform.python_version()}, numpy {np.__version__}, "
       f"numba {numba.__version__}, matplotlib {matplotlib.__version__}, "
       f"zigllama_lib {zl.__version__}")
+
+# %% [markdown]
+# The model, and what its weights take in the file compared with 32-bit floats:
+
+# %%
+model = zl.load("smollm2-135m-instruct")
+gguf = model.gguf
+n_params = sum(info.n_elements for info in gguf.tensors.values())
+n_bytes = sum(info.n_bytes for info in gguf.tensors.values())
+by_type = {}
+for info in gguf.tensors.values():
+    by_type[info.ggml_type.name] = by_type.get(info.ggml_type.name, 0) + info.n_elements
+print(f"{n_params:,} weights: {4 * n_params / 1e6:.0f} MB as float32, {n_bytes / 1e6:.0f} MB in the file "
+      f"({8 * n_bytes / n_params:.2f} bits per weight)")
+print("weights per type:", {k: f"{v / n_params:.1%}" for k, v in by_type.items()})
 
 # %% [markdown]
 # ## 1. Blocks, scales and bits per weight
@@ -176,12 +192,15 @@ q4 = [byte & 15 for byte in b4[2:]] + [byte >> 4 for byte in b4[2:]]
 print("x        ", block[:8])
 print(f"Q8_0: d = {float(d8):.6f}, q =", q8[:8], "-> x^ =", (f32(d8) * q8[:8]).round(4))
 print(f"Q4_0: d = {float(d4):.6f}, q =", q4[:8], "-> x^ =", (f32(d4) * (np.array(q4[:8]) - 8)).round(4))
+print(f"Q4_0 grid: from {f32(d4) * -8:.4f} to {f32(d4) * 7:.4f} in steps of {float(d4):.4f}; "
+      f"Q8_0 steps of {float(d8):.4f}")
 print(f"{len(b8)} and {len(b4)} bytes for 32 weights (128 as float32)")
 
 # %% [markdown]
-# $M = -0.71$, so Q4_0's scale is negative, $d = -0.71/-8 \approx 0.089$: the
-# weight $-0.71$ becomes $q = 0$, i.e. $d\,(0 - 8) = -0.71$ exactly, and the
-# largest positive value the grid can hold is $d\,(15 - 8) \approx 0.62$.
+# $M = -0.71$, so Q4_0's scale is $d = -0.71/(-8) \approx 0.089$: the weight
+# $-0.71$ becomes $q = 0$, i.e. $d\,(0 - 8) = -0.71$ (up to the 16-bit rounding
+# of $d$), and the largest positive value the grid can hold is
+# $d\,(15 - 8) \approx 0.62$. Q8_0 spends twice the bytes on a grid 16 times finer.
 #
 # The library's `quantize(x, qtype)` takes a whole matrix `(n_rows, n_cols)`
 # and returns the GGUF bytes `(n_rows, row_bytes)`, in a Numba kernel that runs
@@ -189,9 +208,6 @@ print(f"{len(b8)} and {len(b4)} bytes for 32 weights (128 as float32)")
 # rows of SmolLM2's attention matrix:
 
 # %%
-model = zl.load("smollm2-135m-instruct")
-gguf = model.gguf
-
 rng = np.random.default_rng(0)
 random_rows = (rng.standard_normal((4, 256)) * rng.uniform(1e-3, 10, (4, 1))).astype(np.float32)
 real_rows = dequantize(gguf.tensor_bytes("blk.0.attn_q.weight")[:4], GGMLType.Q4_1)  # (4, 576)
