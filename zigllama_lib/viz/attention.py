@@ -70,7 +70,8 @@ def _as_weights(weights) -> np.ndarray:
     if w.ndim != 4:
         raise ConfigError(f"attention weights must be (n_layer, n_head, n_tok, n_kv), got shape {w.shape}")
     if w.shape[3] < w.shape[2]:
-        raise ConfigError(f"attention weights of shape {w.shape}: fewer keys ({w.shape[3]}) than queries ({w.shape[2]})")
+        raise ConfigError(f"attention weights of shape {w.shape}: "
+                          f"fewer keys ({w.shape[3]}) than queries ({w.shape[2]})")
     return w
 
 
