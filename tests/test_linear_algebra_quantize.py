@@ -273,5 +273,7 @@ def test_errors_name_what_is_wrong():
         quantize(x, GGMLType.Q6_K)
     with pytest.raises(ConfigError, match="float"):
         quantize(np.zeros((2, 64), np.int32), GGMLType.Q8_0)
+    with pytest.raises(UnsupportedTypeError, match="999"):
+        bits_per_weight(999)
     with pytest.raises(ZigLlamaError, match="scalar"):
         quantize(np.float32(1.0), GGMLType.Q8_0)

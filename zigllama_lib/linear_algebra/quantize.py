@@ -58,7 +58,6 @@ from .q8 import round_f16, roundf
 QK = 32  # weights per block of the legacy types
 
 
-
 # -- numpy references: (n_blocks, 32) float32 -> (n_blocks, type_size) uint8 ---------------------------
 def f16_bytes(v: np.ndarray) -> np.ndarray:
     """``(n,) float32 -> (n, 2) uint8``: little-endian IEEE halves, nearest even (ggml's FP32_TO_FP16)."""
@@ -162,7 +161,10 @@ QUANTIZE_TYPES: tuple[GGMLType, ...] = tuple(REFERENCE) + KQUANT_TYPES
 
 def bits_per_weight(qtype) -> float:
     """Storage per weight, scales included: ``8 * type_size / block_size`` (Q4_0: 8 * 18 / 32 = 4.5)."""
-    block, size = BLOCK_GEOMETRY[GGMLType(int(qtype))]
+    try:
+        block, size = BLOCK_GEOMETRY[GGMLType(int(qtype))]
+    except (ValueError, KeyError):
+        raise UnsupportedTypeError(f"no block geometry for ggml type {qtype!r}") from None
     return 8 * size / block
 
 
