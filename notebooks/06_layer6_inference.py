@@ -1,0 +1,619 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Layer 6 - Inference: the generation loop, sampling, streaming
+#
+# Layers 1 to 5 built a function: token ids in, one row of logits per
+# position out. Layer 6, `zigllama_lib.inference`, turns that function into a
+# text generator. Three ideas do the work: a **loop** that feeds each new
+# token back in while a **KV cache** keeps the work of earlier tokens; a
+# **sampler** that turns logits into one token; and a **stream** that turns
+# token bytes into printable text.
+#
+# **Objectives.** After this notebook you can
+#
+# 1. write the generation loop (prefill, then one token per step, stop rules)
+#    with `Decoder.forward` and check it against `model.generate_ids`;
+# 2. say why the KV cache turns quadratic work into linear work, count the
+#    FLOPs, and measure it;
+# 3. write temperature, top-k, top-p (nucleus) and min-p by hand and check them
+#    against the library's filters;
+# 4. check that a seeded sampler is reproducible and draws from the
+#    distribution it claims;
+# 5. stream UTF-8 text from tokens without ever splitting a character.
+
+# %%
+# Versions: numbers in this notebook were produced with these.
+import math
+import platform
+import time
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numba
+import numpy as np
+
+import zigllama_lib as zl
+from zigllama_lib.inference.sampling import (
+    Candidates,
+    Sampler,
+    SamplerConfig,
+    min_p_filter,
+    softmax,
+    top_k_filter,
+    top_p_filter,
+)
+from zigllama_lib.inference.streaming import Utf8Stream
+from zigllama_lib.models.decoder import numerics_named
+from zigllama_lib.viz.sampling import sampling_view
+from zigllama_lib.viz.tokenizer import piece_label
+
+print(f"python {platform.python_version()}, numpy {np.__version__}, "
+      f"numba {numba.__version__}, matplotlib {matplotlib.__version__}, "
+      f"zigllama_lib {zl.__version__}")
+
+# %%
+model = zl.load("smollm2-135m-instruct")
+tok = model.tokenizer
+print(model)
+
+# %% [markdown]
+# ## 1. The generation loop
+#
+# A decoder-only model scores the next token given all the tokens so far. To
+# generate, score, pick a token, append it, and score again:
+#
+# ```text
+# ids = tokenize(prompt)
+# logits = forward(ids)              # prefill: the whole prompt in one pass, filling the KV cache
+# repeat up to max_tokens:
+#     t = pick(logits)               # greedy: argmax; or sample (section 3)
+#     if t is end-of-generation: stop
+#     emit t
+#     logits = forward([t])          # decode: ONE new token, attending to the cache
+# ```
+#
+# The KV cache (layer 4's `KVCache`) holds every layer's keys and values of
+# the tokens already seen, so `forward([t])` only computes the new position:
+# it reads `cache.n_past` to know where it is and appends its own keys and
+# values. Here is the loop, written with nothing but `Decoder.forward`,
+# greedy `np.argmax` and the tokenizer's end-of-generation test:
+
+# %%
+def generate_greedy(decoder, prompt_ids, max_tokens, numerics, is_eog, n_ctx=256):
+    """Greedy decoding with a KV cache: prefill once, then one token per step."""
+    cache = decoder.new_cache(n_ctx, numerics)
+    logits = decoder.forward(prompt_ids, cache, numerics)[-1]  # (n_vocab,) for the last prompt position
+    out = []
+    for _ in range(max_tokens):
+        token = int(np.argmax(logits))                         # greedy pick
+        if is_eog(token):                                      # end of generation: stop, do not emit
+            break
+        out.append(token)
+        if len(out) == max_tokens:
+            break
+        logits = decoder.forward([token], cache, numerics)[-1]  # one new position
+    return out
+
+
+prompt = "The capital of France is"
+prompt_ids = tok.encode(prompt, add_special=True)
+numerics = numerics_named(model.numerics)   # "llama.cpp": what model.generate uses by default
+
+t0 = time.perf_counter()
+mine = generate_greedy(model.decoder, prompt_ids, 20, numerics, tok.is_eog)
+t_mine = time.perf_counter() - t0
+print(f"{len(prompt_ids)} prompt tokens -> {len(mine)} new tokens in {t_mine:.1f} s")
+print(repr(prompt + tok.decode(mine)))
+
+# %% [markdown]
+# The library's loop (`inference/generation.py`) does the same, plus the
+# sampler and bookkeeping. With `temperature=0` its sampler is `argmax`, and
+# both run the same numerics, so the tokens must be *identical*, not just
+# close:
+
+# %%
+library = list(model.generate_ids(prompt_ids, max_tokens=20, temperature=0.0))
+assert library == mine, (library, mine)
+print("identical:", library == mine, "  library stats:",
+      {k: model.last_stats[k] for k in ("n_prompt", "n_generated", "stop_reason")})
+
+# %% [markdown]
+# ## 2. What the KV cache saves
+#
+# **Counting FLOPs.** A matrix-vector product with an
+# $n_\text{out} \times n_\text{in}$ matrix costs $2\, n_\text{out} n_\text{in}$ floating-point
+# operations (one multiply and one add per weight). Every token goes through
+# every weight matrix once, so with $P$ the number of weights in matrices
+# (attention and feed-forward of every block, plus the output head; the
+# embedding is a lookup, not a product) one token costs about
+#
+# $$
+# F_\text{token} \approx 2P .
+# $$
+#
+# Attention adds, for a token at position $t$, the scores $q \cdot k$ and the
+# weighted sum of values over $t$ positions:
+# $2 \cdot 2\, t\, n_\text{head} d_\text{head}$ per layer, small next to $2P$
+# while $t$ is short.
+#
+# Generating $T$ tokens after a prompt of $n_0$ tokens:
+#
+# * **without a cache**, step $s$ recomputes all $n_0 + s$ tokens:
+#   $\sum_{s=0}^{T-1} 2P\,(n_0+s) = 2P\left(T n_0 + \tfrac{T(T-1)}{2}\right)$,
+#   quadratic in $T$;
+# * **with a cache**, the prompt once, then each new token but the last once
+#   (the first new token comes from the prompt's logits): $2P\,(n_0 + T - 1)$,
+#   linear in $T$.
+#
+# For SmolLM2 the numbers are:
+
+# %%
+spec = model.spec
+counts = model.decoder.parameter_counts()
+head = spec.n_vocab * spec.d_model          # the output head (here tied: the embedding matrix reused)
+P = counts["attention"] + counts["feed_forward"] + head
+flops_token = 2 * P
+print(f"P = {counts['attention']:,} (attention) + {counts['feed_forward']:,} (feed-forward) "
+      f"+ {head:,} (head) = {P:,} weights")
+print(f"F_token = 2P = {flops_token / 1e6:.0f} MFLOP per token")
+
+
+def attention_flops(t):
+    """Scores q.k and the weighted sum of values over t positions, all layers."""
+    return spec.n_layer * 2 * 2 * t * spec.n_head * spec.head_dim_k
+
+
+for t in (48, 2048):
+    print(f"attention at position {t:5d}: {attention_flops(t) / 1e6:6.1f} MFLOP "
+          f"({attention_flops(t) / flops_token:.1%} of 2P)")
+
+n0, T = 8, 40
+no_cache = 2 * P * (T * n0 + T * (T - 1) // 2)
+with_cache = 2 * P * (n0 + T - 1)
+print(f"n0 = {n0}, T = {T}: without cache {no_cache / 1e9:.0f} GFLOP, "
+      f"with cache {with_cache / 1e9:.1f} GFLOP, ratio {no_cache / with_cache:.1f}")
+
+# %% [markdown]
+# **Measuring it.** We time one new token both ways as the sequence grows to
+# 48 tokens: *with the cache*, one `forward([t])` after the first `n` tokens
+# are cached; *without*, a fresh `forward` over all `n + 1` tokens (the last
+# row is the same next-token prediction). We time the `"float"` numerics,
+# the faster path for a many-token pass here. The clock is the CPU time this
+# process uses (`time.process_time`, summed over its threads), not the wall
+# clock, and we keep the best of a few repeats: other programs on a busy
+# machine then disturb the measurement much less. First a check that the
+# cache changes the cost, not the answer:
+
+# %%
+text = ("The history of computing is a story of people finding ways to make machines do "
+        "arithmetic faster, and then finding new problems that need even more arithmetic. "
+        "Every new machine made the next one possible, and every new problem made the "
+        "machines that solved it look slow a few years later.")
+seq = tok.encode(text, add_special=True)[:49]     # (49,) token ids
+assert len(seq) == 49
+fnum = numerics_named("float")
+dec = model.decoder
+
+cache = dec.new_cache(len(seq), fnum)
+dec.forward(seq[:20], cache, fnum)
+cached_row = dec.forward(seq[20:21], cache, fnum)[-1]                    # with the cache
+fresh_row = dec.forward(seq[:21], dec.new_cache(21, fnum), fnum)[-1]     # recomputed
+np.testing.assert_allclose(cached_row, fresh_row, atol=1e-3)
+print("max |difference| of the logits:", float(np.abs(cached_row - fresh_row).max()))
+
+# %%
+def best_cpu_time(fn, repeats):
+    """The least CPU time (seconds, all threads of this process) of ``repeats`` calls of fn."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return min(times)
+
+
+lengths = np.array([1, 8, 16, 24, 32, 40, 47])   # tokens already in the sequence
+
+# with the cache: keys and values at position i depend only on tokens 0..i, so a
+# cache filled with the first 48 tokens holds the cache of every shorter prefix;
+# setting n_past = n rewinds it to n tokens, and forward appends token n.
+cache = dec.new_cache(len(seq), fnum)
+dec.forward(seq[:48], cache, fnum)
+t_cached = []
+for n in lengths.tolist():
+    def step():
+        cache.n_past = n
+        dec.forward(seq[n:n + 1], cache, fnum)
+    t_cached.append(best_cpu_time(step, 5))
+t_cached = np.array(t_cached)
+
+# without: a fresh forward over tokens 0..n
+t_full = np.array([best_cpu_time(lambda: dec.forward(seq[:n + 1], dec.new_cache(n + 1, fnum), fnum), 3)
+                   for n in lengths.tolist()])
+for n, tc, tf in zip(lengths, t_cached, t_full):
+    print(f"{n:3d} tokens cached: with cache {1e3 * tc:6.1f} ms, "
+          f"recomputing {n + 1:2d} tokens {1e3 * tf:6.1f} ms")
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.plot(lengths, 1e3 * t_cached, "o-", label="with the KV cache: one position")
+ax.plot(lengths, 1e3 * t_full, "o-", label="without: recompute all n + 1 positions")
+ax.set_xlabel("tokens already in the sequence, n")
+ax.set_ylabel("CPU ms for the next token")
+ax.set_ylim(0, None)
+ax.set_title("CPU time for one new token (float numerics, best of a few runs)")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# With the cache the cost per token is about flat; recomputing grows with
+# the length. It grows *less* than the FLOP count says (printed below): one
+# decode step does little arithmetic per weight it reads, so a single token is
+# limited by reading the weights from memory, while a many-token pass reuses
+# each weight it reads for every token. The FLOP ratio is what matters for
+# long sequences, where recomputing would also pay the attention over all
+# pairs of positions.
+
+# %%
+n_last = lengths[-1]
+recompute_flops = (n_last + 1) * flops_token + sum(attention_flops(t) for t in range(1, n_last + 2))
+cached_flops = flops_token + attention_flops(n_last + 1)
+print(f"at n = {n_last}: measured CPU time ratio {t_full[-1] / t_cached[-1]:.1f}, "
+      f"FLOP ratio {recompute_flops / cached_flops:.1f}")
+
+# %% [markdown]
+# ## 3. Sampling
+#
+# Greedy decoding always takes the most likely token; it is repeatable but
+# tends to loop and to sound flat. *Sampling* draws the next token at random
+# from the model's distribution, after reshaping it. Here is that
+# distribution after an open-ended prompt (the `"float"` logits of
+# `model.logits`, the reference maths):
+
+# %%
+story = "Once upon a time, there was a"
+z = model.logits(tok.encode(story, add_special=True))[-1]   # (n_vocab,) float32
+p = np.exp(z.astype(np.float64) - z.max())
+p /= p.sum()                                                # (n_vocab,) the model's p
+order = np.lexsort((np.arange(len(z)), -p))                 # most likely first, lower id on ties
+for i in order[:8]:
+    print(f"{p[i]:6.2%}  {tok.decode([int(i)])!r}")
+print(f"top 8 hold {p[order[:8]].sum():.1%}; tokens above 0.1%: {(p > 1e-3).sum()}")
+
+# %% [markdown]
+# No token is a clear winner and the tail is long: the many thousands of
+# tokens that are each very unlikely still add up to a sizeable chance of
+# picking one of them. The filters cut that tail. With logits $z_i$, probabilities
+# $p_i = e^{z_i} / \sum_j e^{z_j}$ and $p_{(1)} \ge p_{(2)} \ge \dots$ the
+# sorted probabilities:
+#
+# * **temperature** $T$: $q_i \propto e^{z_i / T}$. $T < 1$ sharpens,
+#   $T > 1$ flattens, $T \to 0$ is greedy.
+# * **top-k**: keep the $k$ most likely tokens.
+# * **top-p** (nucleus): keep the smallest prefix of the sorted tokens whose
+#   mass reaches $p_\text{top}$,
+#
+# $$
+# n_\text{keep} = \min \Big\{ n : \sum_{i=1}^{n} p_{(i)} \ge p_\text{top} \Big\}.
+# $$
+#
+# * **min-p**: keep the tokens at least $m$ times as likely as the best one,
+#   $p_i \ge m \, p_{(1)}$. Since $p_i / p_{(1)} = e^{z_i - z_{\max}}$ this
+#   is the logit test $z_i \ge z_{\max} + \ln m$.
+#
+# The library chains them as llama.cpp does: top-k, then top-p, then min-p
+# (each on the renormalised distribution of the tokens still in play), then
+# temperature on the survivors, then softmax and draw. So the temperature
+# reshapes the kept tokens but never changes *which* are kept.
+#
+# Each filter by hand, on a probability vector where a removed token has
+# probability 0 (each renormalises what is left first):
+
+# %%
+def by_rank(p):
+    """Token ids, most likely first (lower id first on ties)."""
+    return np.lexsort((np.arange(len(p)), -p))
+
+
+def naive_top_k(p, k):
+    keep = np.zeros(len(p), dtype=bool)
+    keep[by_rank(p)[:k]] = True
+    return np.where(keep & (p > 0), p, 0.0)
+
+
+def naive_top_p(p, top_p):
+    p = p / p.sum()
+    ranked = by_rank(p)
+    cum = np.cumsum(p[ranked])
+    n_keep = int(np.argmax(cum >= top_p)) + 1   # the first prefix that reaches top_p
+    keep = np.zeros(len(p), dtype=bool)
+    keep[ranked[:n_keep]] = True
+    return np.where(keep, p, 0.0)
+
+
+def naive_min_p(p, m):
+    p = p / p.sum()
+    return np.where(p >= m * p.max(), p, 0.0)
+
+
+def naive_temperature(z, kept, T):
+    """q_i proportional to exp(z_i / T) over the kept tokens, 0 elsewhere."""
+    s = np.where(kept, z.astype(np.float64) / T, -np.inf)
+    q = np.exp(s - s.max())
+    return q / q.sum()
+
+# %% [markdown]
+# The library's filters work on `Candidates` (token ids and their logits) and
+# `softmax` fills in the probabilities of whatever is left. The kept sets
+# must be the same, and the probabilities equal up to the library taking the
+# exponentials in float32:
+
+# %%
+def library_kept(filtered):
+    """(sorted kept ids, their probabilities renormalised)."""
+    c = softmax(filtered)
+    by_id = np.argsort(c.ids)
+    return c.ids[by_id], c.probs[by_id]
+
+
+def check(name, naive_p, filtered):
+    ids, probs = library_kept(filtered)
+    mine = np.flatnonzero(naive_p)
+    assert np.array_equal(mine, ids), name
+    np.testing.assert_allclose(naive_p[mine] / naive_p[mine].sum(), probs, rtol=1e-5)
+    print(f"{name:12s} keeps {len(ids):5d} tokens, {p[ids].sum():6.1%} of p")
+
+
+everything = Candidates.from_logits(z)
+check("top-k 10", naive_top_k(p, 10), top_k_filter(everything, 10))
+check("top-p 0.5", naive_top_p(p, 0.5), top_p_filter(everything, 0.5))
+check("top-p 0.9", naive_top_p(p, 0.9), top_p_filter(everything, 0.9))
+check("min-p 0.2", naive_min_p(p, 0.2), min_p_filter(everything, 0.2))
+check("min-p 0.05", naive_min_p(p, 0.05), min_p_filter(everything, 0.05))
+
+# the whole chain, llama.cpp's defaults: top-k 40, top-p 0.95, min-p 0.05, T = 0.8
+chain = naive_min_p(naive_top_p(naive_top_k(p, 40), 0.95), 0.05)
+q_mine = naive_temperature(z, chain > 0, 0.8)
+c = Sampler(SamplerConfig(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)).candidates(z)
+assert np.array_equal(np.flatnonzero(q_mine), np.sort(c.ids))
+np.testing.assert_allclose(q_mine[c.ids], c.probs, rtol=1e-5)
+print(f"default chain keeps {len(c)} tokens; the top one is drawn with q = {c.probs.max():.1%} "
+      f"(p = {p[c.ids[np.argmax(c.probs)]]:.1%})")
+
+# %% [markdown]
+# **Which tokens each filter keeps.** One row per filter, one column per
+# token (the 36 most likely), a dark cell where the token survives; the
+# number of tokens each keeps is in brackets:
+
+# %%
+settings = {"top-k 10": naive_top_k(p, 10), "top-p 0.5": naive_top_p(p, 0.5),
+            "min-p 0.2": naive_min_p(p, 0.2), "min-p 0.1": naive_min_p(p, 0.1),
+            "default chain": chain}
+shown = order[:36]
+fig, (top, grid) = plt.subplots(2, 1, figsize=(7, 3.6), sharex=True, height_ratios=[1, 1.3])
+top.bar(np.arange(len(shown)), p[shown], color="tab:blue")
+top.set_ylabel("p")
+top.set_title(f"Next token after {story!r}: which tokens each filter keeps", fontsize=9)
+kept_grid = np.array([row[shown] > 0 for row in settings.values()])   # (n_filters, 36)
+grid.imshow(kept_grid, aspect="auto", cmap="Blues", vmin=-0.3, vmax=1.2)
+grid.set_yticks(np.arange(len(settings)), [f"{k} ({(v > 0).sum()})" for k, v in settings.items()], fontsize=7)
+grid.set_xticks(np.arange(len(shown)), [piece_label(tok.token_bytes(int(i))) for i in shown],
+                rotation=70, ha="right", fontsize=6, family="DejaVu Sans Mono")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# top-k keeps a fixed *count* whatever the shape of the distribution; top-p
+# keeps a fixed *mass*, so it keeps few tokens when the model is sure and
+# many when it is not; min-p keeps tokens *relative to the best*, also
+# adapting to the model's confidence. In the widget below, the bars are the
+# model's $p$, blue if kept and grey if removed; the black ticks are the final
+# probabilities $q$ the sampler draws with (after the temperature,
+# renormalised over the kept tokens). Move the temperature and watch the
+# ticks move while the colours stay.
+
+# %%
+sampling_view(z, tok, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
+
+# %% [markdown]
+# ## 4. Seeded sampling, and does it draw what it claims?
+#
+# A sampler owns a random generator (`np.random.default_rng(seed)`). The same
+# seed, the same prompt and the same numerics give the same text; another seed
+# gives another text.
+
+# %%
+def sampled(seed):
+    return model.complete(story, max_tokens=16, temperature=0.8, seed=seed)
+
+
+first, again, other = sampled(42), sampled(42), sampled(7)
+print("seed 42:", repr(first))
+print("seed 42:", repr(again))
+print("seed  7:", repr(other))
+assert first == again
+
+# %% [markdown]
+# Reproducible is not the same as *right*. To check the sampler draws from the
+# distribution it claims, draw many times from one logits vector and compare
+# the counts $O_j$ with the expected counts $E_j = N q_j$ using Pearson's
+# chi-square statistic
+#
+# $$
+# X^2 = \sum_{j=1}^{K} \frac{(O_j - E_j)^2}{E_j} .
+# $$
+#
+# If the draws follow $q$, $X^2$ follows (approximately, with every $E_j$ at
+# least about 5) a chi-square distribution with $K - 1$ degrees of freedom:
+# mean $K-1$, and above the 0.1% critical value only once in a thousand runs.
+# We use $N = 1000$ draws with top-k 10 and $T = 0.5$, and predict $q$
+# independently with `naive_temperature`.
+
+# %%
+N, K, T_draw = 1000, 10, 0.5
+sampler = Sampler(SamplerConfig(temperature=T_draw, top_k=K, top_p=1.0, min_p=0.0, seed=0))
+ids_k = order[:K]                                               # the 10 most likely tokens
+q_pred = naive_temperature(z, np.isin(np.arange(len(z)), ids_k), T_draw)[ids_k]
+draws = np.array([sampler(z) for _ in range(N)])
+observed = np.array([(draws == i).sum() for i in ids_k])
+assert observed.sum() == N, "every draw is one of the 10 kept tokens"
+
+
+def chi_square(observed, q):
+    expected = len(draws) * q
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+CHI2_999_DF9 = 27.877   # chi-square 0.999 quantile for 9 degrees of freedom, from tables
+x2 = chi_square(observed, q_pred)
+print(f"X^2 = {x2:.1f} with {K - 1} degrees of freedom (mean {K - 1}, 0.1% critical value {CHI2_999_DF9})")
+assert x2 < CHI2_999_DF9
+
+# the same counts against wrong claims: other temperatures than 0.5
+for T_claim in (0.45, 0.55, 0.7, 1.0):
+    q_claim = naive_temperature(z, np.isin(np.arange(len(z)), ids_k), T_claim)[ids_k]
+    print(f"against T = {T_claim}: X^2 = {chi_square(observed, q_claim):5.1f}")
+q_wrong = naive_temperature(z, np.isin(np.arange(len(z)), ids_k), 1.0)[ids_k]
+x2_wrong = chi_square(observed, q_wrong)
+assert x2_wrong > CHI2_999_DF9, "T = 1 is far enough from 0.5 for 1000 draws to tell"
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3))
+x = np.arange(K)
+ax.bar(x, observed / N, color="tab:blue", label=f"observed share of {N} seeded draws")
+ax.plot(x, q_pred, "k_", markersize=18, markeredgewidth=2, label=f"predicted q (T = {T_draw}, top-k {K})")
+ax.plot(x, q_wrong, "_", color="tab:red", markersize=18, markeredgewidth=2, label="a wrong claim: T = 1")
+ax.set_xticks(x, [piece_label(tok.token_bytes(int(i))) for i in ids_k], rotation=30, ha="right",
+              fontsize=8, family="DejaVu Sans Mono")
+ax.set_ylabel("share")
+ax.set_title(f"X^2 = {x2:.1f} against the prediction, {x2_wrong:.1f} against T = 1", fontsize=9)
+ax.legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The test has limits: with 1000 draws each count wobbles by about
+# $\sqrt{E_j}$, so a sampler that was off by a little (a temperature of 0.45
+# or 0.55 instead of 0.5, printed above) can pass, while $T = 1$ fails by far.
+# More draws make the test sharper: the wobble grows like $\sqrt{N}$, a real
+# difference like $N$.
+#
+# ## 5. Streaming text without splitting characters
+#
+# A token is a string of *bytes*, and byte-level BPE happily cuts a
+# multi-byte UTF-8 character across tokens: an emoji is 4 bytes and often 2
+# or 3 tokens. Decoding each token on its own prints replacement characters
+# `�`. `Utf8Stream` holds back the bytes of an unfinished character until the
+# rest arrives (the lead byte of a UTF-8 character says how many bytes it
+# has), so every piece it returns is whole text.
+
+# %%
+phrase = "Ça coûte 3 € au café 🦙🙂"
+phrase_ids = tok.encode(phrase, add_special=False)
+stream = Utf8Stream()
+pieces, one_by_one = [], []
+print(f"{'id':>6}  {'token bytes':24} {'decoded alone':14} {'streamed':10} held back")
+for i in phrase_ids:
+    raw = tok.token_bytes(i)
+    alone = raw.decode("utf-8", errors="replace")
+    piece = stream.push(raw)
+    one_by_one.append(alone)
+    pieces.append(piece)
+    print(f"{i:6d}  {raw.hex(' '):24} {alone!r:14} {piece!r:10} {stream.pending.hex(' ')}")
+pieces.append(stream.flush())
+
+assert "".join(pieces) == phrase
+assert all("\ufffd" not in s for s in pieces), "a streamed piece split a character"
+print("decoded one by one:", repr("".join(one_by_one)))
+print("streamed:          ", repr("".join(pieces)))
+
+# %% [markdown]
+# `model.generate` streams its tokens through the same `Utf8Stream`, which is
+# why the quick start could print pieces as they came.
+#
+# ## Summary
+#
+# - Generation is a loop: prefill the prompt once, then one `forward` per new
+#   token, stopping at an end-of-generation token or `max_tokens`. Written by
+#   hand with `Decoder.forward` and `argmax`, it gives exactly the tokens of
+#   `model.generate_ids(..., temperature=0)`.
+# - The KV cache makes each step cost one position: about $2P$ FLOPs per
+#   token instead of $2P$ times the sequence length, so generation is linear,
+#   not quadratic, in its length.
+# - Sampling reshapes the distribution and draws from it: top-k keeps a count,
+#   top-p a mass, min-p a ratio to the best token; the temperature then
+#   reshapes the survivors. `Sampler.candidates` shows exactly what a draw
+#   will choose from.
+# - A seed makes sampling reproducible, and a chi-square test checks that the
+#   draws follow the claimed probabilities.
+# - `Utf8Stream` cuts a byte stream only between characters.
+#
+# ## Exercises
+#
+# Each exercise has an answer cell (a reference answer is filled in, replace
+# it with your own) and a check cell.
+#
+# **Exercise 1.** Argue that with `top_k=1` the sampler is greedy at *any*
+# temperature, then write `sample_top1(z, T, seed)` that samples one token
+# with `top_k=1` (other filters off) and confirm it on the story's logits
+# for several temperatures and seeds.
+
+# %%
+def sample_top1(z, T, seed):
+    # top-k 1 leaves one candidate; the temperature only rescales its logit,
+    # and a softmax over one token gives it probability 1.
+    return Sampler(SamplerConfig(temperature=T, top_k=1, top_p=1.0, min_p=0.0, seed=seed))(z)
+
+
+# %%
+# Check for exercise 1.
+for T in (0.1, 0.8, 1.0, 3.0, 100.0):
+    for seed in range(5):
+        assert sample_top1(z, T, seed) == int(np.argmax(z)), (T, seed)
+print("top-k 1 is greedy at every temperature tried")
+
+# %% [markdown]
+# **Exercise 2.** The most likely token has probability $p_{(1)} = 0.4$ and
+# `min_p = 0.1`. What is the probability threshold, and how many tokens of
+# `p_hand` below does min-p keep? Work it out by hand, then write the numbers.
+
+# %%
+p_hand = np.array([0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.02])
+threshold = 0.4 * 0.1     # p_i >= min_p * p_max
+n_kept_min_p = 5          # 0.4, 0.25, 0.15, 0.1, 0.05 are >= 0.04; 0.03 and 0.02 are not
+
+# %%
+# Check for exercise 2.
+assert math.isclose(threshold, 0.04)
+assert n_kept_min_p == int((p_hand >= 0.04).sum())
+assert n_kept_min_p == len(min_p_filter(Candidates.from_logits(np.log(p_hand)), 0.1))
+print(f"threshold {threshold:g} keeps {n_kept_min_p} tokens")
+
+# %% [markdown]
+# **Exercise 3.** For the same `p_hand`, how many tokens does top-p keep with
+# `top_p` = 0.5, 0.75 and 0.85? Add the sorted probabilities until the sum
+# reaches `top_p`; the token that crosses it is kept.
+
+# %%
+n_kept_top_p = {0.5: 2, 0.75: 3, 0.85: 4}   # cumulative sums 0.4, 0.65, 0.8, 0.9, ...
+
+# %%
+# Check for exercise 3.
+cumulative = np.cumsum(np.sort(p_hand)[::-1])
+for top_p, n in n_kept_top_p.items():
+    assert cumulative[n - 1] >= top_p and (n == 1 or cumulative[n - 2] < top_p), top_p
+    assert len(top_p_filter(Candidates.from_logits(np.log(p_hand)), top_p)) == n, top_p
+print("top-p counts:", n_kept_top_p)
