@@ -222,7 +222,7 @@ def plot_error_vs_bits(stats: Sequence[ErrorStat], title: str | None = None, gui
         handles.append(Line2D([], [], color=colour, marker="o", ls="", label=name))
     families = {_marker(s.format) for s in stats}
     for marker, label in (("o", "blocks of 32"), ("s", "K-quants"), ("^", "floats")):
-        if marker in families:
+        if marker in families and len(families) > 1:
             handles.append(Line2D([], [], color="0.4", marker=marker, ls="", label=label))
     if any(s.rel_rms == 0 for s in stats):
         handles.append(Line2D([], [], color="0.4", marker="o", mfc="none", ls="", label="exact: own format"))
