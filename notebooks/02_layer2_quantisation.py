@@ -63,12 +63,12 @@ print(f"python {platform.python_version()}, numpy {np.__version__}, "
 model = zl.load("smollm2-135m-instruct")
 gguf = model.gguf
 n_params = sum(info.n_elements for info in gguf.tensors.values())
-n_bytes = sum(info.n_bytes for info in gguf.tensors.values())
+file_bytes = sum(info.n_bytes for info in gguf.tensors.values())
 by_type = {}
 for info in gguf.tensors.values():
     by_type[info.ggml_type.name] = by_type.get(info.ggml_type.name, 0) + info.n_elements
-print(f"{n_params:,} weights: {4 * n_params / 1e6:.0f} MB as float32, {n_bytes / 1e6:.0f} MB in the file "
-      f"({8 * n_bytes / n_params:.2f} bits per weight)")
+print(f"{n_params:,} weights: {4 * n_params / 1e6:.0f} MB as float32, {file_bytes / 1e6:.0f} MB in the file "
+      f"({8 * file_bytes / n_params:.2f} bits per weight)")
 print("weights per type:", {k: f"{v / n_params:.1%}" for k, v in by_type.items()})
 
 # %% [markdown]
@@ -131,7 +131,7 @@ for name, fields in layouts.items():
     bpw = 8 * n_bytes / 32
     assert BLOCK_GEOMETRY[GGMLType[name]] == (32, n_bytes)
     assert bits_per_weight(GGMLType[name]) == bpw
-    print(f"{name}: {' + '.join(f'{v} {k}' for k, v in fields.items()):45s} = {n_bytes:2d} bytes, {bpw} bits/weight")
+    print(f"{name}: {' + '.join(f'{v} {k}' for k, v in fields.items()):56s} = {n_bytes:2d} bytes, {bpw} bits/weight")
 
 # %% [markdown]
 # ## 2. A naive quantiser, then the library's
