@@ -304,8 +304,10 @@ plt.show()
 # %% [markdown]
 # ## 5. The widget: pick a tensor and a format
 #
-# The same histograms for any matrix of the model. The figure above is what
-# the book shows; in JupyterLab the pickers redraw it.
+# The same histograms for any matrix of the model, here the first
+# feed-forward down-projection in Q4_0. The view draws its first figure when
+# the cell runs (that is what the book shows); in JupyterLab the pickers
+# redraw it for another tensor or format, or all five formats at once.
 
 # %%
 vq.quantisation_error_view(model, tensor="blk.0.ffn_down.weight", fmt="Q4_0")
