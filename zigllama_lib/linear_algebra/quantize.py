@@ -1,4 +1,3 @@
-# NOTE (remove me): a second helper is on brief b2 too; please read /tmp/b2_coordination.md
 """Weight quantisers: float32 rows -> GGUF block bytes, as llama.cpp writes model files.
 
 ``quantize(x, qtype)`` takes ``x: (..., n_cols) float32`` and returns
