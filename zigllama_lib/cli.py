@@ -80,6 +80,20 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_profile(args) -> int:
+    from .inference import profile
+    from .inference.engine import load
+
+    model = load(args.model, n_threads=args.threads)
+    result = profile.run(model, n_prompt=args.n_prompt, n_decode=args.n_decode, reps=args.reps,
+                         numerics=args.numerics, n_threads=args.threads)
+    print(profile.format_report(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zigllama", description="LLM inference from GGUF files, in six layers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
     b.add_argument("--json", help="also write the result as JSON to this file")
     b.set_defaults(func=_cmd_bench)
+
+    pr = sub.add_parser("profile", help="where a decode step and a prefill spend their time, against the machine")
+    pr.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                    help=f"registry name ({', '.join(sorted(REGISTRY))}) or path to a .gguf (default: {DEFAULT_MODEL})")
+    pr.add_argument("--threads", "-t", type=int, default=None, help="kernel threads (default: all cores)")
+    pr.add_argument("--n-prompt", type=int, default=128, help="prefill length; the decode step runs after it")
+    pr.add_argument("--n-decode", type=int, default=64, help="greedy tokens timed for the latency percentiles")
+    pr.add_argument("--reps", type=int, default=5, help="repetitions of the decode step and of the prefill")
+    pr.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
+    pr.add_argument("--json", help="also write the result as JSON to this file")
+    pr.set_defaults(func=_cmd_profile)
     return parser
 
 
