@@ -155,26 +155,36 @@ def wait_for(driver, script: str, what: str, timeout: float = 30.0):
         time.sleep(0.2)
 
 
-def save_screenshot(driver, path: Path) -> None:
-    """A full-page PNG: grow the viewport to the page's height, shoot, restore.
+def save_screenshot(driver, path: Path, tile: int = 8000) -> list[Path]:
+    """Full-page PNGs: grow the viewport to the page's height, shoot, restore.
 
-    (WebDriver only shoots the viewport, and DevTools' captureBeyondViewport
-    misplaces this theme's sticky sidebars.)
+    A page taller than ``tile`` pixels is shot in tiles (``name_part1.png``,
+    ``name_part2.png``, ...), scrolling between shots, so long chapters are kept
+    whole. (WebDriver only shoots the viewport, and DevTools'
+    captureBeyondViewport misplaces this theme's sticky sidebars.)
     """
     import base64
 
     width, height = driver.execute_script(
         "return [window.innerWidth, Math.max(document.documentElement.scrollHeight, window.innerHeight)]")
-    height = min(int(height), 16000)
+    width, height = int(width), int(height)
+    n_tiles = -(-height // tile)
+    paths = [path] if n_tiles == 1 else [path.with_name(f"{path.stem}_part{k + 1}{path.suffix}") for k in range(n_tiles)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f"{path.stem}_part*{path.suffix}"):
+        old.unlink()
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": int(width), "height": height, "deviceScaleFactor": 1, "mobile": False})
+                           {"width": width, "height": min(height, tile), "deviceScaleFactor": 1, "mobile": False})
     try:
-        time.sleep(0.3)  # let the theme re-lay out for the taller viewport
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+        for k, out in enumerate(paths):
+            driver.execute_script("window.scrollTo(0, arguments[0])", k * tile)
+            time.sleep(0.3)  # let the theme re-lay out for the taller viewport / new scroll position
+            shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+            out.write_bytes(base64.b64decode(shot["data"]))
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(base64.b64decode(shot["data"]))
+        driver.execute_script("window.scrollTo(0, 0)")
+    return paths
 
 
 PAGE_STATE = """
@@ -193,8 +203,11 @@ return {
   widgetViews: views.length,
   renderedWidgets: document.querySelectorAll('.jupyter-widgets').length,
   widgetImages: Array.from(document.querySelectorAll('.jupyter-widgets img')).filter(i => i.naturalWidth > 0).length,
-  widgetErrors: Array.from(document.querySelectorAll('.jupyter-widgets')).filter(
-      e => /Error|error displaying widget|Loading widget/i.test(e.textContent)).length,
+  // The widget manager's failure modes: its error view, its error text, a view still loading.
+  // (Case-sensitive: a widget titled "Quantisation error" is fine.)
+  widgetErrors: document.querySelectorAll('.jupyter-widgets-error-widget').length + Array.from(
+      document.querySelectorAll('.jupyter-widgets')).filter(
+      e => /Error displaying widget|Loading widget/.test(e.textContent)).length,
   resources: performance.getEntriesByType('resource').map(r => r.name),
 };
 """
