@@ -113,11 +113,11 @@ def read_bandwidth(n_threads: int | None = None, mib: int = 256, repeats: int = 
     return a.nbytes / seconds
 
 
-def dot_flops(n_threads: int | None = None, n: int = 1024, n_repeat: int = 20_000, repeats: int = 5) -> float:
+def dot_flops(n_threads: int | None = None, n: int = 1024, n_repeat: int = 100_000, repeats: int = 5) -> float:
     """FLOP/s of float32 dot products on data held in L1: ``2 n n_repeat n_threads / t``.
 
     One job per thread, each dotting two ``n``-vectors (``8 n`` bytes, 8 KiB by
-    default) ``n_repeat`` times; best of ``repeats`` runs after a warm-up.
+    default) ``n_repeat`` times (a few ms per run); best of ``repeats`` runs after a warm-up.
     """
     x = np.linspace(0.0, 1.0, n, dtype=np.float32)
     y = np.linspace(1.0, 0.0, n, dtype=np.float32)
