@@ -21,6 +21,7 @@ test skips, except under CI (``CI`` set), where it fails. Select it with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
@@ -120,8 +121,10 @@ def base_url(book_html):
         thread.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def browser(book_html):
+@contextlib.contextmanager
+def headless_chromium(page_load_timeout: float = 60.0):
+    """Debian's Chromium through chromedriver: headless, no sandbox, no background networking,
+    a throwaway profile, console messages logged. Yields the selenium driver."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -134,13 +137,19 @@ def browser(book_html):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
+    driver.set_page_load_timeout(page_load_timeout)
     driver.set_script_timeout(60)
     try:
         yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser(book_html):
+    with headless_chromium() as driver:
+        yield driver
 
 
 def wait_for(driver, script: str, what: str, timeout: float = 30.0):

@@ -13,7 +13,6 @@ work. Needs jupyterlab (the notebooks and test extras) and Debian's Chromium.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_book_browser import CHROMEDRIVER, CHROMIUM, missing_tool, save_screenshot, wait_for
+from .test_book_browser import CHROMEDRIVER, CHROMIUM, headless_chromium, missing_tool, save_screenshot, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = "00_quickstart.py"  # lab.sh serves notebooks/ as the file browser's root
@@ -93,23 +92,8 @@ def lab_browser():
     pytest.importorskip("jupyterlab", reason="JupyterLab (the notebooks extra)")
     pytest.importorskip("jupytext", reason="jupytext (the notebooks extra)")
     pytest.importorskip("selenium", reason="selenium (the test extra)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="zigllama-lab-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1280,900"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(90)
-    try:
+    with headless_chromium(page_load_timeout=90) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def open_in_lab(driver, with_project_setting: bool) -> dict:
