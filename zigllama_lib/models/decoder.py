@@ -48,7 +48,7 @@ from ..foundation.ggml_types import GGMLType
 from ..foundation.gguf import GGUFFile
 from ..linear_algebra import QMatrix, get_rows, matmul
 from ..linear_algebra.ggml_exact import SUPPORTED as GGML_EXACT_TYPES
-from ..linear_algebra.ggml_exact import matmul_ggml
+from ..linear_algebra.ggml_simd import matmul_simd
 from ..neural_primitives import ACTIVATIONS, apply_rope, rms_norm
 from ..neural_primitives.ggml_math import rms_norm_ggml, rope_ggml, swiglu_ggml
 from ..transformer.attention import attention
@@ -64,7 +64,7 @@ def _matmul_float(w: QMatrix, x: np.ndarray) -> np.ndarray:
 def _matmul_llama_cpp(w: QMatrix, x: np.ndarray) -> np.ndarray:
     """llama.cpp's AVX2 order where we reproduce it bit for bit, its 8-bit rounding elsewhere."""
     if w.qtype in GGML_EXACT_TYPES:
-        return matmul_ggml(w, x)
+        return matmul_simd(w, x)  # ggml_exact.matmul_ggml's bits, in SIMD code
     return matmul(w, x, "q8_x86")
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..linear_algebra.ggml_exact import fma32, hsum8
+from ..linear_algebra.ggml_exact import fma_f32, hsum8
 from ..linear_algebra.q8 import round_f16
 from ..neural_primitives.ggml_math import _v_expf
 
@@ -46,7 +46,7 @@ def _dot_tinyblas(a, b, n):
     acc = np.zeros(8, np.float32)
     for i in range(0, n, 8):
         for l in range(8):
-            acc[l] = fma32(a[i + l], b[i + l], acc[l])
+            acc[l] = fma_f32(a[i + l], b[i + l], acc[l])
     return hsum8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7])
 
 
@@ -58,7 +58,7 @@ def _dot_vec_f16(a, b, n):
     for i in range(0, np32, 32):
         for j in range(4):
             for l in range(8):
-                acc[j, l] = fma32(a[i + 8 * j + l], b[i + 8 * j + l], acc[j, l])
+                acc[j, l] = fma_f32(a[i + 8 * j + l], b[i + 8 * j + l], acc[j, l])
     x = np.empty(8, np.float32)
     for l in range(8):
         x0 = acc[0, l] + acc[2, l]

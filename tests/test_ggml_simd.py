@@ -1,0 +1,116 @@
+"""The SIMD fast path (linear_algebra.ggml_simd, ggml_exact.fma_f32) against ggml's own compiled
+kernels and against the scalar reference it replaces."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from zigllama_lib.foundation.errors import ConfigError
+from zigllama_lib.foundation.ggml_types import GGMLType
+from zigllama_lib.linear_algebra import ggml_simd
+from zigllama_lib.linear_algebra.ggml_exact import fma32, fma_f32_array, matmul_ggml
+from zigllama_lib.linear_algebra.matmul import QMatrix
+from zigllama_lib.linear_algebra.q8 import quantize_q8_0, quantize_q8_1
+
+from test_ggml_exact import _random_qmatrix, ggml_cpu  # noqa: F401  (a fixture)
+
+
+def _ggml_vec_dot(ggml_cpu, w: QMatrix, x: np.ndarray) -> np.ndarray:
+    """llama.cpp's ggml_vec_dot_{q4_1_q8_1,q8_0_q8_0} of every row and token, through ctypes."""
+    if w.qtype == GGMLType.Q4_1:
+        f, xb = ggml_cpu.ggml_vec_dot_q4_1_q8_1, quantize_q8_1(x, variant="x86")
+    else:
+        f, xb = ggml_cpu.ggml_vec_dot_q8_0_q8_0, quantize_q8_0(x, variant="x86")
+    P = ctypes.c_void_p
+    f.restype = None
+    f.argtypes = [ctypes.c_int, P, ctypes.c_size_t, P, ctypes.c_size_t, P, ctypes.c_size_t, ctypes.c_int]
+    raw = np.ascontiguousarray(w.raw)
+    s = np.zeros(1, np.float32)
+    out = np.empty((len(x), w.n_out), np.float32)
+    for t in range(len(x)):
+        xrow = np.ascontiguousarray(xb[t])
+        for r in range(w.n_out):
+            f(w.n_in, s.ctypes.data, 0, raw[r].ctypes.data, 0, xrow.ctypes.data, 0, 1)
+            out[t, r] = s[0]
+    return out
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0])
+@pytest.mark.parametrize("n_tok", [1, 3])
+def test_matmul_simd_is_ggml_bit_for_bit(qtype, n_tok, ggml_cpu):
+    rng = np.random.default_rng(10 + n_tok)
+    w = _random_qmatrix(qtype, 200, 1536, rng)  # 200 rows: not a multiple of any vector width
+    x = (rng.standard_normal((n_tok, w.n_in)) * rng.uniform(0.01, 30, (n_tok, 1))).astype(np.float32)
+    ours = ggml_simd.matmul_simd(w, x)
+    ref = _ggml_vec_dot(ggml_cpu, w, x)
+    assert np.array_equal(ours.view(np.int32), ref.view(np.int32)), f"{np.sum(ours != ref)} of {ours.size} differ"
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0])
+def test_matmul_simd_equals_the_scalar_reference(qtype):
+    """Extreme operands: all-15 nibbles / int8 -127 and 127 weights against +-127 activations
+    (the largest int16 pair sums pmaddubsw can meet), zero rows, a prefill-sized batch."""
+    rng = np.random.default_rng(3)
+    w = _random_qmatrix(qtype, 96, 576, rng)
+    raw = np.array(w.raw)
+    if qtype == GGMLType.Q4_1:
+        raw[0, 4:20] = 0xFF  # first block of row 0: all nibbles 15
+    else:
+        raw[0, 2:34] = np.array([-127, 127] * 16, np.int8).view(np.uint8)
+        raw[1, 2:34] = np.array([-128] * 32, np.int8).view(np.uint8)  # -128 is legal in a file
+    raw[2] = 0
+    w = QMatrix(raw, qtype, 576)
+    x = rng.standard_normal((40, 576)).astype(np.float32)
+    x[0, :32] = np.where(np.arange(32) % 2 == 0, 1.0, -1.0)  # quantises to +-127
+    x[1] = 0.0
+    ours, ref = ggml_simd.matmul_simd(w, x), matmul_ggml(w, x)
+    assert np.array_equal(ours.view(np.int32), ref.view(np.int32))
+    assert np.array_equal(ggml_simd.matmul_simd(w, x[5]), ours[5])  # vector input, serial kernel
+    # and it is a matrix product
+    exact = x.astype(np.float64) @ w.dequantize().astype(np.float64).T
+    assert np.abs(ours - exact).max() <= 2e-2 * np.abs(exact).max()
+
+
+def test_matmul_simd_on_the_real_model_is_the_reference(smollm_path):
+    from zigllama_lib.foundation.gguf import GGUFFile
+    from zigllama_lib.models.loader import load_gguf
+
+    dec = load_gguf(smollm_path, progress=False).decoder
+    assert isinstance(dec.gguf, GGUFFile)
+    rng = np.random.default_rng(4)
+    for w in (dec.layers[5].w_down, dec.layers[5].wk, dec.output):
+        x = rng.standard_normal((2, w.n_in)).astype(np.float32)
+        assert np.array_equal(ggml_simd.matmul_simd(w, x).view(np.int32), matmul_ggml(w, x).view(np.int32))
+
+
+def test_matmul_simd_rejects_what_it_cannot_do():
+    rng = np.random.default_rng(5)
+    w = _random_qmatrix(GGMLType.Q4_1, 8, 64, rng)
+    with pytest.raises(ConfigError, match="shape"):
+        ggml_simd.matmul_simd(w, np.zeros(63, np.float32))
+    with pytest.raises(ConfigError, match="QMatrix"):
+        ggml_simd.matmul_simd(np.zeros((8, 64)), np.zeros(64, np.float32))
+    q4_0 = QMatrix(np.zeros((8, 2 * 18), np.uint8), GGMLType.Q4_0, 64)
+    with pytest.raises(ConfigError, match="Q4_0"):
+        ggml_simd.matmul_simd(q4_0, np.zeros(64, np.float32))
+
+
+def test_hardware_fma_is_the_software_fma():
+    rng = np.random.default_rng(6)
+    n = 200_000
+    a = rng.standard_normal(n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    c = (rng.standard_normal(n) * 10.0 ** rng.integers(-12, 12, n)).astype(np.float32)
+    c[: n // 2] = (-(a[: n // 2].astype(np.float64) * b[: n // 2])).astype(np.float32)  # cancellation
+    hw = np.empty(n, np.float32)
+    fma_f32_array(a, b, c, hw)
+    sw = np.array([fma32(a[i], b[i], c[i]) for i in range(0, n, 7)], np.float32)
+    assert np.array_equal(hw[::7].view(np.int32), sw.view(np.int32))
+    # the double-rounding trap of test_ggml_exact: a*b = 1 + 2^-11 + 2^-24 (a float32 midpoint) + 2^-60
+    a1 = np.full(1, 1 + 2.0 ** -12, np.float32)
+    one = np.empty(1, np.float32)
+    fma_f32_array(a1, a1, np.full(1, 2.0 ** -60, np.float32), one)
+    assert one[0] == np.float32(1 + 2.0 ** -11 + 2.0 ** -23)

@@ -1,0 +1,247 @@
+"""llama.cpp's AVX2 quantised dot products, written as LLVM vector code: the fast path.
+
+:mod:`.ggml_exact` spells out llama.cpp's arithmetic one scalar at a time
+(readable, and ~1.5 GMAC/s). Numba's compiler will not turn its 8-lane inner
+loops into SIMD code (they are too short for the loop vectoriser, and Numba
+turns the SLP vectoriser off). So here each block's work is written directly
+as LLVM IR with vector types -- the same instructions ggml's C intrinsics
+produce -- and handed to Numba as an ``@intrinsic``. Per block of 32 (Q4_1
+weights, Q8_1 activations; ``ggml_vec_dot_q4_1_q8_1``)::
+
+    qs   = load <16 x i8>  (the block's packed nibbles)         ; 16 bytes
+    qx   = concat(qs & 15, qs >> 4)          <32 x i8>          ; weights 0..31, 0..15
+    qy   = load <32 x i8>  (the activations' int8 quants)
+    p16  = pmaddubsw(qx, qy)                 <16 x i16>         ; qx_2j qy_2j + qx_2j+1 qy_2j+1
+    lane = pmaddwd(p16, 1)                   <8 x i32>          ; lane l = sum_{j=4l}^{4l+3} qx_j qy_j
+    acc  = fma(splat(d_w * d_x), float(lane), acc)   <8 x float>  ; one rounding per lane
+    summs = summs + m_w * s_x                                    ; scalar, two roundings
+
+then ``hsum8(acc) + summs`` -- exactly :func:`.ggml_exact.matmul_ggml`'s value,
+bit for bit (tested). Q8_0 x Q8_0 is the same with ``qx`` loaded as 32 int8
+and ``p16 = pmaddubsw(|qx|, sign(qy, qx))`` (no saturation: |q_x| <= 127).
+
+The kernels read the weight rows straight from the GGUF bytes (the
+memory-mapped file: no repacking, no copy) and the activations from the planes
+of :func:`.q8.quantize_q8_32_planes`. On a CPU without AVX2 the same lane sums
+are built from portable IR (widen, multiply, add adjacent pairs), which LLVM
+lowers to whatever SIMD the CPU has; the integers, hence the result, are equal.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..foundation.errors import ConfigError
+from ..foundation.ggml_types import GGMLType
+from .legacy import SIZEOF_BLOCK_Q4_1, SIZEOF_BLOCK_Q8_0
+from .matmul import QMatrix
+from .q8 import quantize_q8_32_planes
+
+SUPPORTED = (GGMLType.Q4_1, GGMLType.Q8_0)
+HAS_AVX2 = "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
+
+I8, I16, I32, I64, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.HalfType(), ir.FloatType()
+
+
+# -- IR helpers -------------------------------------------------------------------------
+def _vec(t: ir.Type, n: int) -> ir.VectorType:
+    return ir.VectorType(t, n)
+
+
+def _splat(t: ir.Type, n: int, value) -> ir.Constant:
+    return ir.Constant(_vec(t, n), [ir.Constant(t, value)] * n)
+
+
+def _indices(idx) -> ir.Constant:
+    return ir.Constant(_vec(I32, len(idx)), list(idx))
+
+
+def _load(builder, ty: ir.Type, addr, offset=0, align: int = 1):
+    """Load a ``ty`` at byte address ``addr + offset`` (``addr`` an i64)."""
+    if offset:
+        addr = builder.add(addr, offset if isinstance(offset, ir.Value) else ir.Constant(I64, offset))
+    return builder.load(builder.inttoptr(addr, ty.as_pointer()), align=align)
+
+
+def _function(builder, name: str, ret: ir.Type, args: list[ir.Type]):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _pairs(builder, v, n: int):
+    """Adjacent pairs of an ``n``-vector summed: ``(v0+v1, v2+v3, ...)``."""
+    even = builder.shuffle_vector(v, v, _indices(range(0, n, 2)))
+    odd = builder.shuffle_vector(v, v, _indices(range(1, n, 2)))
+    return builder.add(even, odd)
+
+
+def _lane_sums(builder, qx_u8, qy_i8):
+    """``<8 x i32>`` lane sums ``sum_{j=4l}^{4l+3} qx_j * qy_j`` of unsigned ``qx`` and signed ``qy`` (32 x i8).
+
+    AVX2: ``pmaddubsw`` then ``pmaddwd`` with ones (the two instructions ggml uses); elsewhere the
+    same integers from widened products. The int16 pair sums cannot saturate for our operands
+    (at most 2 * 128 * 127 in magnitude).
+    """
+    if HAS_AVX2:
+        maddubs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(I16, 16), [_vec(I8, 32)] * 2)
+        maddwd = _function(builder, "llvm.x86.avx2.pmadd.wd", _vec(I32, 8), [_vec(I16, 16)] * 2)
+        return builder.call(maddwd, [builder.call(maddubs, [qx_u8, qy_i8]), _splat(I16, 16, 1)])
+    products = builder.mul(builder.zext(qx_u8, _vec(I16, 32)), builder.sext(qy_i8, _vec(I16, 32)))
+    return _pairs(builder, builder.sext(_pairs(builder, products, 32), _vec(I32, 16)), 16)
+
+
+def _hsum8(builder, acc):
+    """ggml's ``hsum_float_8``: ``((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7))``."""
+    a = [builder.extract_element(acc, ir.Constant(I32, lane)) for lane in range(8)]
+    r0, r1, r2, r3 = (builder.fadd(a[4 + j], a[j]) for j in range(4))
+    return builder.fadd(builder.fadd(r0, r2), builder.fadd(r1, r3))
+
+
+def _block_loop(builder, nb, body):
+    """``acc = 0; summs = 0; for b < nb: body(b, acc, summs) -> (acc, summs)``; returns hsum8(acc) + summs."""
+    v8f = _vec(F32, 8)
+    acc_p = cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8))
+    summs_p = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
+    with cgutils.for_range(builder, nb) as loop:
+        acc, summs = body(loop.index, builder.load(acc_p), builder.load(summs_p))
+        builder.store(acc, acc_p)
+        builder.store(summs, summs_p)
+    return _hsum8(builder, builder.load(acc_p)), builder.load(summs_p)
+
+
+def _fma_block(builder, d, lanes, acc):
+    """``acc = fma(splat(d), float(lanes), acc)`` (``_mm256_fmadd_ps``)."""
+    v8f = _vec(F32, 8)
+    fma = _function(builder, "llvm.fma.v8f32", v8f, [v8f] * 3)
+    dv = builder.insert_element(ir.Constant(v8f, ir.Undefined), d, ir.Constant(I32, 0))
+    dv = builder.shuffle_vector(dv, dv, _indices([0] * 8))
+    return builder.call(fma, [dv, builder.sitofp(lanes, v8f), acc])
+
+
+# -- the two dot products ---------------------------------------------------------------
+@intrinsic
+def dot_q4_1_q8_1(typingctx, w_addr, x_addr, xd_addr, xs_addr, nb):
+    """One Q4_1 row (``nb`` blocks of 20 bytes at ``w_addr``) times Q8_1 activations: float32.
+
+    ``x_addr``: ``nb*32`` int8 quants; ``xd_addr``, ``xs_addr``: ``nb`` float32 scales ``d`` and
+    ``s = d * sum q`` (f16-rounded, as the Q8_1 block stores them).
+    """
+    sig = types.float32(types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        w_addr, x_addr, xd_addr, xs_addr, nb = args
+
+        def body(b, acc, summs):
+            blk = builder.add(w_addr, builder.mul(b, ir.Constant(I64, SIZEOF_BLOCK_Q4_1)))
+            d_w = builder.fpext(_load(builder, F16, blk), F32)
+            m_w = builder.fpext(_load(builder, F16, blk, 2), F32)
+            qs = _load(builder, _vec(I8, 16), blk, 4)
+            b4 = builder.mul(b, ir.Constant(I64, 4))
+            d_x = _load(builder, F32, xd_addr, b4, 4)
+            s_x = _load(builder, F32, xs_addr, b4, 4)
+            qy = _load(builder, _vec(I8, 32), x_addr, builder.mul(b, ir.Constant(I64, 32)))
+            qx = builder.shuffle_vector(builder.and_(qs, _splat(I8, 16, 15)), builder.lshr(qs, _splat(I8, 16, 4)),
+                                        _indices(range(32)))
+            summs = builder.fadd(summs, builder.fmul(m_w, s_x))
+            return _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, qy), acc), summs
+
+        total, summs = _block_loop(builder, nb, body)
+        return builder.fadd(total, summs)
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_q8_0_q8_0(typingctx, w_addr, x_addr, xd_addr, nb):
+    """One Q8_0 row (``nb`` blocks of 34 bytes at ``w_addr``) times Q8_0 activations: float32."""
+    sig = types.float32(types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        w_addr, x_addr, xd_addr, nb = args
+
+        def body(b, acc, summs):
+            blk = builder.add(w_addr, builder.mul(b, ir.Constant(I64, SIZEOF_BLOCK_Q8_0)))
+            d_w = builder.fpext(_load(builder, F16, blk), F32)
+            qw = _load(builder, _vec(I8, 32), blk, 2)
+            d_x = _load(builder, F32, xd_addr, builder.mul(b, ir.Constant(I64, 4)), 4)
+            qy = _load(builder, _vec(I8, 32), x_addr, builder.mul(b, ir.Constant(I64, 32)))
+            # |qw| * sign(qy, qw): the products keep their signs, the left operand is unsigned
+            negative = builder.icmp_signed("<", qw, _splat(I8, 32, 0))
+            abs_w = builder.select(negative, builder.neg(qw), qw)
+            signed_y = builder.select(negative, builder.neg(qy), qy)
+            return _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, abs_w, signed_y), acc), summs
+
+        total, _ = _block_loop(builder, nb, body)
+        return total
+
+    return sig, codegen
+
+
+# -- matrix products --------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _row_times_tokens(w0, row_stride, r, q4_1, xq, xd, xs, out):
+    nb = xd.shape[1]
+    w = w0 + r * row_stride
+    for t in range(xq.shape[0]):
+        if q4_1:
+            out[t, r] = dot_q4_1_q8_1(w, xq[t].ctypes.data, xd[t].ctypes.data, xs[t].ctypes.data, nb)
+        else:
+            out[t, r] = dot_q8_0_q8_0(w, xq[t].ctypes.data, xd[t].ctypes.data, nb)
+
+
+@njit(cache=True, parallel=True)
+def _mm_parallel(raw, q4_1, xq, xd, xs, out):
+    """``out (n_tok, n_out)``: every row of ``raw`` (rows outer: a row is read once for all tokens)."""
+    w0, row_stride = raw.ctypes.data, raw.strides[0]
+    for r in prange(raw.shape[0]):
+        _row_times_tokens(w0, row_stride, r, q4_1, xq, xd, xs, out)
+
+
+@njit(cache=True)
+def _mm_serial(raw, q4_1, xq, xd, xs, out):
+    w0, row_stride = raw.ctypes.data, raw.strides[0]
+    for r in range(raw.shape[0]):
+        _row_times_tokens(w0, row_stride, r, q4_1, xq, xd, xs, out)
+
+
+def quantize_activations(qtype: GGMLType, x: np.ndarray):
+    """The 8-bit activations llama.cpp pairs with ``qtype`` (x86 rounding): Q8_1 for Q4_1, Q8_0 for Q8_0.
+
+    ``x (n_tok, n_in)`` -> ``xq (n_tok, n_in) int8, xd, xs (n_tok, n_in/32) float32`` (``xs`` zeros for Q8_0).
+    """
+    if qtype == GGMLType.Q4_1:
+        return quantize_q8_32_planes(x, True, "x86")
+    xq, xd = quantize_q8_32_planes(x, False, "x86")
+    return xq, xd, np.zeros_like(xd)
+
+
+def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """``y (n_tok, n_out)`` for activations already quantised by :func:`quantize_activations`."""
+    out = np.empty((xq.shape[0], w.n_out), np.float32)
+    kernel = _mm_parallel if w.n_out * xq.shape[0] >= 64 else _mm_serial
+    kernel(w.raw, w.qtype == GGMLType.Q4_1, xq, xd, xs, out)
+    return out
+
+
+def matmul_simd(w: QMatrix, x: np.ndarray) -> np.ndarray:
+    """``y = x @ W.T`` bit-identical to :func:`.ggml_exact.matmul_ggml` (llama.cpp's AVX2 result).
+
+    ``x (n_tok, n_in)`` or ``(n_in,)`` float32 -> ``(n_tok, n_out)`` / ``(n_out,)`` float32.
+    """
+    if not isinstance(w, QMatrix):
+        raise ConfigError(f"matmul_simd expects a QMatrix, got {type(w).__name__}")
+    if w.qtype not in SUPPORTED:
+        raise ConfigError(f"matmul_simd supports {[t.name for t in SUPPORTED]}, not {w.qtype.name}")
+    if w.raw.strides[1] != 1:
+        raise ConfigError("matmul_simd needs weight rows stored contiguously (raw.strides[1] == 1)")
+    x = np.asarray(x, dtype=np.float32)
+    vector = x.ndim == 1
+    if x.ndim not in (1, 2) or x.shape[-1] != w.n_in:
+        raise ConfigError(f"matmul_simd: x has shape {x.shape}, expected (n_tok, {w.n_in})")
+    planes = quantize_activations(w.qtype, np.ascontiguousarray(x.reshape(-1, w.n_in)))
+    out = matmul_q8_planes(w, *planes)
+    return out[0] if vector else out
