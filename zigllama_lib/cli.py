@@ -4,7 +4,8 @@
     zigllama generate "Once upon a time" --temperature 0.8 --top-p 0.95 --seed 1
     zigllama pull gemma3-270m
     zigllama inspect ~/.cache/zigllama/SmolLM2-135M-Instruct.Q4_1.gguf
-    zigllama bench --vs llama.cpp
+    zigllama bench --vs llama.cpp --json bench.json --markdown bench.md
+    zigllama bench --highlights               # the seed's Performance Highlights, measured
 """
 
 from __future__ import annotations
@@ -58,25 +59,102 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
-    from .inference import bench
-    from .inference.engine import load
+class _NumericsNames:
+    """The decoder's ``NUMERICS`` names, imported only when argparse needs them (other commands skip Numba)."""
 
-    vs = args.vs is not None
-    if vs and args.vs != "llama.cpp":
-        raise SystemExit(f"--vs accepts only 'llama.cpp', got {args.vs!r}")
-    if vs:
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            raise SystemExit("--vs llama.cpp needs llama-cpp-python: pip install 'zigllama-lib[oracle]'")
-    model = load(args.model, n_threads=args.threads)
-    result = bench.run(model, n_prompt=args.n_prompt, n_decode=args.n_decode, reps=args.reps,
-                       vs_llama_cpp=vs, n_threads=args.threads or 2, numerics=args.numerics)
-    print(bench.format_table(result))
+    def _names(self) -> list[str]:
+        from .models.decoder import NUMERICS
+
+        return sorted(NUMERICS)
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _bench_command(args, **resolved) -> str:
+    """The command line that reproduces this run, every setting explicit (for the README)."""
+    import shlex
+
+    cmd = ["zigllama", "bench", "--model", str(args.model), "--threads", str(resolved["threads"]),
+           "--numerics", resolved["numerics"], "--reps", str(args.reps)]
+    if args.highlights:
+        cmd += ["--highlights", "--only", ",".join(resolved["only"]), "--n-kv", str(args.n_kv),
+                "--n-naive", str(args.n_naive), "--n-prompt", str(resolved["n_prompt"]),
+                "--n-decode", str(resolved["n_decode"])]
+    else:
+        cmd += ["--n-prompt", str(resolved["n_prompt"]), "--n-decode", str(resolved["n_decode"])]
+        cmd += ["--vs", args.vs] if args.vs else []
+        cmd += ["--startup"] if args.startup else []
+    for flag in ("json", "markdown"):
+        if getattr(args, flag):
+            cmd += [f"--{flag}", getattr(args, flag)]
+    return shlex.join(cmd)
+
+
+def _cmd_bench(args) -> int:
+    import importlib.util
+
+    from .foundation.threads import available_cores
+    from .inference import bench
+
+    if args.threads is not None and args.threads < 1:
+        raise ZigLlamaError(f"--threads must be a positive integer, got {args.threads}")
+    numerics = args.numerics or bench.default_numerics()
+    threads = args.threads or available_cores()
+    if args.highlights:
+        from .inference import highlights
+
+        if args.vs or args.startup:
+            raise ZigLlamaError("--highlights runs alone; drop --vs / --startup")
+        only = [r.strip() for r in args.only.split(",") if r.strip()] if args.only else list(highlights.ROWS)
+        bad = [r for r in only if r not in highlights.ROWS]
+        if bad or not only:
+            raise ZigLlamaError(f"--only takes some of {','.join(highlights.ROWS)}; got {args.only!r}")
+        # highlights' batch row defaults to a shorter run than the engine benchmark
+        n_prompt, n_decode = args.n_prompt or 64, args.n_decode or 32
+        res = dict(threads=threads, numerics=numerics, only=only, n_prompt=n_prompt, n_decode=n_decode)
+
+        def row_command(row):
+            import shlex
+
+            return shlex.join(["zigllama", "bench", "--highlights", "--only", row, "--model", str(args.model),
+                               "--threads", str(threads), "--numerics", numerics])
+
+        result = highlights.run(args.model, n_threads=threads, numerics=numerics, only=only, n_kv=args.n_kv,
+                                n_naive=args.n_naive, n_prompt=n_prompt, n_decode=n_decode, reps=args.reps,
+                                command=_bench_command(args, **res), row_command=row_command)
+        text = highlights.format_markdown(result)
+    else:
+        if args.vs is not None and args.vs != "llama.cpp":
+            raise ZigLlamaError(f"--vs accepts only 'llama.cpp', got {args.vs!r}")
+        if args.vs and importlib.util.find_spec("llama_cpp") is None:
+            raise ZigLlamaError("--vs llama.cpp needs llama-cpp-python: pip install 'zigllama-lib[oracle]'")
+        n_prompt, n_decode = args.n_prompt or 128, args.n_decode or 128
+        res = dict(threads=threads, numerics=numerics, n_prompt=n_prompt, n_decode=n_decode)
+        result = bench.run(args.model, n_prompt=n_prompt, n_decode=n_decode, reps=args.reps,
+                           vs_llama_cpp=args.vs is not None, n_threads=threads, numerics=numerics,
+                           startup=args.startup, command=_bench_command(args, **res))
+        text = bench.format_markdown(result)
+    print(text)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(text)
     return 0
 
 
@@ -120,14 +198,31 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--max-items", type=int, default=8, help="array items shown per metadata value")
     i.set_defaults(func=_cmd_inspect)
 
-    b = sub.add_parser("bench", help="prefill and decode tokens/s (optionally against llama.cpp)")
+    b = sub.add_parser("bench", help="prefill and decode tokens/s, load time, memory, startup (optionally "
+                                     "against llama.cpp); --highlights: the seed's performance table",
+                       description="Engine benchmark (default) or, with --highlights, the seed's 'Performance "
+                                   "Highlights' measured (zigllama_lib.inference.bench / .highlights).")
     _add_model_args(b)
     b.add_argument("--vs", metavar="ENGINE", default=None, help="compare with 'llama.cpp' (needs llama-cpp-python)")
-    b.add_argument("--n-prompt", type=int, default=128)
-    b.add_argument("--n-decode", type=int, default=128)
-    b.add_argument("--reps", type=int, default=5)
-    b.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
+    b.add_argument("--n-prompt", type=_positive_int, default=None,
+                   help="prefill length (default 128; 64 with --highlights)")
+    b.add_argument("--n-decode", type=_positive_int, default=None,
+                   help="greedy tokens timed (default 128; 32 with --highlights)")
+    b.add_argument("--reps", type=_positive_int, default=5, help="repetitions; medians and min-max are reported")
+    b.add_argument("--numerics", choices=_NumericsNames(), default=None, metavar="NAME",
+                   help="the decoder's numerics, one of: %(choices)s (default: 'fast' if the decoder has it, "
+                        "else 'llama.cpp')")
+    b.add_argument("--startup", action="store_true",
+                   help="also time a fresh process to its first token, Numba cache warm and cold (cold: minutes)")
+    b.add_argument("--highlights", action="store_true",
+                   help="measure the seed's Performance Highlights table instead (KV cache, kernels, memory, "
+                        "mmap, batching, combined)")
+    b.add_argument("--only", default=None, help="with --highlights: comma-separated rows "
+                                                "(kv,kernels,memory,mmap,batch,combined; default all)")
+    b.add_argument("--n-kv", type=_positive_int, default=32, help="with --highlights: tokens for KV cache vs recompute")
+    b.add_argument("--n-naive", type=_positive_int, default=3, help="with --highlights: tokens of the naive engine")
     b.add_argument("--json", help="also write the result as JSON to this file")
+    b.add_argument("--markdown", help="also write the markdown (headed by this command line) to this file")
     b.set_defaults(func=_cmd_bench)
 
     pr = sub.add_parser("profile", help="where a decode step and a prefill spend their time, against the machine")
