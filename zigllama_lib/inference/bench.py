@@ -468,8 +468,9 @@ def format_markdown(result: dict) -> str:
     parts.append("\n".join(lines) + "\n")
     parts.append("Peak RSS: `VmHWM` of the process that ran the engine (ours: the benchmark process; "
                  "llama.cpp: a child running only it), interpreter and imports included (RSS before load); "
-                 "touched pages of the memory-mapped file count too (file-backed, shared with the page cache); "
-                 "anon: the process's own allocations (repacked weights, KV cache, buffers). "
+                 "touched pages of the memory-mapped model count too. At end: anon = the process's own "
+                 "allocations (repacked weights, KV cache, buffers); file = resident pages of mapped files: the "
+                 "model's and the shared libraries' (Numba's libLLVM, libllama), shared with the page cache. "
                  "Load: page cache warm.\n")
     st = result.get("startup")
     if st:
