@@ -29,6 +29,18 @@ from zigllama_lib.linear_algebra.quantize import quantize
 from zigllama_lib.models.decoder import NUMERICS, numerics_named
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One kernel thread in this module, restored after: on a busy 2-core machine two spinning
+    threads can stall each other for seconds (the timings are not what these tests check)."""
+    from zigllama_lib.foundation.threads import get_threads, set_threads
+
+    before = get_threads()
+    set_threads(1)
+    yield
+    set_threads(before)
+
+
 @pytest.mark.parametrize("numerics", sorted(NUMERICS))
 def test_kv_cache_and_recomputation_give_the_same_tokens(smollm, numerics):
     r = hl.kv_cache_vs_recompute(smollm, numerics, n_tokens=4, n_prompt=4)
