@@ -114,3 +114,27 @@ def test_hardware_fma_is_the_software_fma():
     one = np.empty(1, np.float32)
     fma_f32_array(a1, a1, np.full(1, 2.0 ** -60, np.float32), one)
     assert one[0] == np.float32(1 + 2.0 ** -11 + 2.0 ** -23)
+
+
+@pytest.mark.parametrize("n", [8, 64, 256, 2048, 64 + 8])
+def test_attention_dots_in_simd_are_the_scalar_references(n):
+    from numba import njit
+
+    from zigllama_lib.transformer.attention_ggml import (_dot_tinyblas, _dot_tinyblas_simd, _dot_vec_f16,
+                                                         _dot_vec_f16_simd)
+
+    @njit
+    def both(a, b, n, out):
+        out[0] = _dot_tinyblas(a, b, n)
+        out[1] = _dot_tinyblas_simd(a, b, n)
+        out[2] = _dot_vec_f16(a, b, n)
+        out[3] = _dot_vec_f16_simd(a, b, n)
+
+    rng = np.random.default_rng(n)
+    for _ in range(50):
+        a = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3)).astype(np.float16).astype(np.float32)
+        b = rng.uniform(0, 1, n).astype(np.float16).astype(np.float32)
+        out = np.empty(4, np.float32)
+        both(a, b, n, out)
+        assert out[0].view(np.int32) == out[1].view(np.int32)
+        assert out[2].view(np.int32) == out[3].view(np.int32)

@@ -127,8 +127,8 @@ def test_weight_bytes_and_flops_by_hand_and_against_gguf_py(smollm, smollm_path)
     assert prof.weight_bytes(out) == n_bytes["token_embd.weight"]  # tied embeddings: the head is token_embd
     assert prof.matmul_flops(wq, 1) == 2 * 576 * 576
     assert prof.matmul_flops(wd, 7) == 2 * 7 * 1536 * 576
-    # llama.cpp numerics on Q4_1: one int8 per weight plus float32 d and m per block of 32
-    assert prof.kernel_weight_bytes(wq, "llama.cpp", 1) == 576 * 576 + 2 * 4 * 576 * (576 // 32)
+    # llama.cpp numerics on Q4_1: the SIMD kernel reads the GGUF rows in place
+    assert prof.kernel_weight_bytes(wq, "llama.cpp", 1) == 207_360
     # prefill in float mode streams the GGUF rows themselves
     assert prof.kernel_weight_bytes(wq, "float", 64) == 207_360
 
@@ -167,7 +167,7 @@ def test_parallel_regions_counts_outer_prange_loops_and_fills():
 
 def test_a_decode_step_launches_one_product_kernel_per_matrix(smollm, prompt):
     step = prof.profile_decode(smollm.decoder, "llama.cpp", prompt, reps=1)
-    mm = step.kernels["ggml_exact._mm_kernel"]
+    mm = step.kernels["ggml_simd._mm_parallel"]
     assert mm.parallel and mm.regions_per_call == 1
     assert mm.calls == 7 * N_LAYER + 1  # every product, the output head included, is one parallel call
     assert all(k.calls > 0 and k.seconds >= 0 for k in step.kernels.values())
@@ -197,7 +197,7 @@ def test_run_reports_tables_and_the_ceiling(tiny_run):
     assert r["ceiling"]["weight_bytes_per_token"] == sum(m["gguf_bytes"] for m in r["decode_matmuls"])
     text = prof.format_report(r)
     for needle in ("| attn_q |", "| other |", "decode ceiling = bandwidth / weight bytes per token", "| threads |",
-                   "ggml_exact._mm_kernel"):
+                   "ggml_simd._mm_parallel"):
         assert needle in text
     json.dumps(r)  # JSON-able as is
 

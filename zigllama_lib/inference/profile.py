@@ -68,7 +68,6 @@ from ..foundation.ggml_types import BLOCK_GEOMETRY
 from ..foundation.threads import get_threads, set_threads
 from ..linear_algebra import QMatrix
 from ..linear_algebra.ggml_exact import SUPPORTED as GGML_EXACT_TYPES
-from ..linear_algebra.ggml_exact import weight_planes
 from ..linear_algebra.matmul import KQUANTS, LEGACY, PREFILL_TOKENS
 from ..models.decoder import Decoder, Numerics, numerics_named
 from ..transformer.kv_cache import KVCache
@@ -96,14 +95,14 @@ def matmul_flops(w: QMatrix, n_tok: int) -> int:
 def kernel_weight_bytes(w: QMatrix, numerics: str, n_tok: int) -> int:
     """Bytes of the weight arrays the kernel actually streams (mirrors the dispatch of the two numerics).
 
-    ``"llama.cpp"`` on Q4_1 / Q8_0: ``matmul_ggml``'s unpacked planes (int8 per
-    weight + float32 scales); other quantised types with fewer than
-    ``PREFILL_TOKENS`` tokens: :meth:`QMatrix.packed`'s int8 planes; otherwise
-    the GGUF rows themselves. Builds the planes if they do not exist yet.
+    ``"llama.cpp"`` on Q4_1 / Q8_0: the GGUF rows themselves (``ggml_simd`` reads
+    them in place); other quantised types with fewer than ``PREFILL_TOKENS``
+    tokens: :meth:`QMatrix.packed`'s int8 planes; otherwise the GGUF rows. Builds
+    the planes if they do not exist yet.
     """
     if numerics == "llama.cpp" and w.qtype in GGML_EXACT_TYPES:
-        planes = weight_planes(w)
-    elif n_tok < PREFILL_TOKENS and (w.qtype in LEGACY or w.qtype in KQUANTS):
+        return int(w.raw.nbytes)
+    if n_tok < PREFILL_TOKENS and (w.qtype in LEGACY or w.qtype in KQUANTS):
         planes = w.packed()
     else:
         return int(w.raw.nbytes)
@@ -208,7 +207,9 @@ def profiling(decoder: Decoder, numerics: Numerics, cache: KVCache, clock: OpClo
     """Yield a timed copy of ``numerics``: ``decoder.forward(ids, cache, timed)`` then fills ``clock``.
 
     Replaces ``decoder.embed``, ``decoder.activation`` and ``cache.store`` on
-    the instances for the duration of the block, and restores them after.
+    the instances for the duration of the block, and restores them after. The
+    fused decode step is switched off meanwhile: its operations run inside one
+    compiled call, invisible to these wrappers (its results are the same bits).
     """
     kinds = matmul_kinds(decoder)
 
@@ -244,9 +245,11 @@ def profiling(decoder: Decoder, numerics: Numerics, cache: KVCache, clock: OpClo
     decoder.embed = timed_embed
     decoder.activation = timed_activation
     cache.store = clock.timed("kv_store", store)
+    fused, decoder.fused_decode = decoder.fused_decode, False
     try:
         yield timed
     finally:
+        decoder.fused_decode = fused
         for obj, attr, value in saved:
             if value is _ABSENT:
                 delattr(obj, attr)  # the class's method shows through again
@@ -397,6 +400,10 @@ def profile_step(decoder: Decoder, numerics: str, ids, cache: KVCache, reps: int
 
     Each rep runs an unprofiled pass and then a profiled one, both from the same
     ``cache.n_past`` (reset after each pass, so every rep sees the same cache).
+    The unprofiled pass is the production path (for one token with the llama.cpp
+    numerics: the fused step of :mod:`..models.fused_decode`); the profiled pass
+    runs the generic layer-by-layer path, the only one whose operations can be
+    timed one by one (same results, bit for bit).
     The first pass at this shape should already have run (compilation, weight packing).
     """
     if not isinstance(reps, int) or reps < 1:

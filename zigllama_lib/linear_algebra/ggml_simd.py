@@ -245,3 +245,80 @@ def matmul_simd(w: QMatrix, x: np.ndarray) -> np.ndarray:
     planes = quantize_activations(w.qtype, np.ascontiguousarray(x.reshape(-1, w.n_in)))
     out = matmul_q8_planes(w, *planes)
     return out[0] if vector else out
+
+
+# -- float16 <-> float32, for float16 caches read and written inside compiled code --------
+@intrinsic
+def f16_bits_to_f32(typingctx, bits):
+    """The float32 value of float16 bits (``uint16``): ``vcvtph2ps``, exact."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], F16), F32)
+
+    return sig, codegen
+
+
+@intrinsic
+def f32_to_f16_bits(typingctx, value):
+    """float32 -> the bits of the nearest float16 (ties to even, as numpy and F16C round)."""
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], F16), I16)
+
+    return sig, codegen
+
+
+# -- float32 dot products in ggml's lane orders (attention over a float16 cache) ---------
+def _f32x8(builder, addr, index):
+    """The 8 float32 at ``addr + 32 * index`` bytes."""
+    return _load(builder, _vec(F32, 8), addr, builder.mul(index, ir.Constant(I64, 32)), 4)
+
+
+@intrinsic
+def dot_f32_lanes8(typingctx, a_addr, b_addr, n):
+    """tinyBLAS's dot (prefill attention): ``acc[l] = fma(a[8i+l], b[8i+l], acc[l])`` over ``n``
+    (a multiple of 8) float32, then ``hsum8(acc)``."""
+    sig = types.float32(types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a_addr, b_addr, n = args
+        v8f = _vec(F32, 8)
+        fma = _function(builder, "llvm.fma.v8f32", v8f, [v8f] * 3)
+        acc_p = cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8))
+        with cgutils.for_range(builder, builder.udiv(n, ir.Constant(I64, 8))) as loop:
+            i = loop.index
+            builder.store(builder.call(fma, [_f32x8(builder, a_addr, i), _f32x8(builder, b_addr, i),
+                                             builder.load(acc_p)]), acc_p)
+        return _hsum8(builder, builder.load(acc_p))
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_f32_ggml_f16(typingctx, a_addr, b_addr, n32):
+    """``ggml_vec_dot_f16``'s main loop (decode attention) over ``n32`` (a multiple of 32) float32:
+    four 8-lane FMA accumulators (element ``i`` in accumulator ``(i % 32) // 8``, lane ``i % 8``),
+    reduced as ``x = (acc0 + acc2) + (acc1 + acc3)``, ``((x0+x4) + (x1+x5)) + ((x2+x6) + (x3+x7))``."""
+    sig = types.float32(types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        a_addr, b_addr, n32 = args
+        v8f = _vec(F32, 8)
+        fma = _function(builder, "llvm.fma.v8f32", v8f, [v8f] * 3)
+        zero = ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)
+        acc_p = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+        with cgutils.for_range(builder, builder.udiv(n32, ir.Constant(I64, 32))) as loop:
+            base = builder.mul(loop.index, ir.Constant(I64, 4))
+            for j in range(4):
+                idx = builder.add(base, ir.Constant(I64, j))
+                builder.store(builder.call(fma, [_f32x8(builder, a_addr, idx), _f32x8(builder, b_addr, idx),
+                                                 builder.load(acc_p[j])]), acc_p[j])
+        acc = [builder.load(p) for p in acc_p]
+        x = builder.fadd(builder.fadd(acc[0], acc[2]), builder.fadd(acc[1], acc[3]))
+        e = [builder.extract_element(x, ir.Constant(I32, lane)) for lane in range(8)]
+        t = [builder.fadd(e[j], e[j + 4]) for j in range(4)]
+        return builder.fadd(builder.fadd(t[0], t[1]), builder.fadd(t[2], t[3]))
+
+    return sig, codegen

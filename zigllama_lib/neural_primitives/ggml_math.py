@@ -1,8 +1,8 @@
 """Bit-exact mirrors of ggml's x86 AVX2 element-wise maths (llama.cpp's CPU build).
 
 Each function reproduces the float32 operations of the named ggml routine, in
-its order and with its fused multiply-adds (:func:`fma32`, a correctly rounded
-FMA), so that its result is bit-identical to llama.cpp's on an AVX2 + FMA
+its order and with its fused multiply-adds (:func:`fma_f32`, the hardware FMA, equal
+bit for bit to the software :func:`fma32`), so that its result is bit-identical to llama.cpp's on an AVX2 + FMA
 machine. Scalar libm calls (``expf``, ``cosf``, ``sinf``) go through Numba's
 ``math`` functions on float32, which call the same glibc routines ggml links.
 
@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..foundation.errors import ConfigError
-from ..linear_algebra.ggml_exact import fma32
+from ..linear_algebra.ggml_exact import fma_f32
 
 _F = np.float32
 SHIFT = _F(float.fromhex("0x1.8p23"))
@@ -63,22 +63,22 @@ def _from_bits(u, tmp_f, tmp_u):
 @njit(cache=True, inline="always")
 def _v_expf(x, tmp_f, tmp_u):
     """One lane of ggml_v_expf (AVX2 + FMA). ``tmp_f``/``tmp_u``: a 1-element float32 array and its uint32 view."""
-    z = fma32(x, LOG2E, SHIFT)
+    z = fma_f32(x, LOG2E, SHIFT)
     n = z - SHIFT
-    b = fma32(-n, LN2_LO, fma32(-n, LN2_HI, x))
+    b = fma_f32(-n, LN2_LO, fma_f32(-n, LN2_HI, x))
     e = np.uint32(_bits(z, tmp_f, tmp_u) << np.uint32(23))
     k = _from_bits(np.uint32(e + np.uint32(0x3F800000)), tmp_f, tmp_u)
     u = b * b
-    j = fma32(fma32(fma32(P5, b, P4), u, fma32(P3, b, P2)), u, P1 * b)
+    j = fma_f32(fma_f32(fma_f32(P5, b, P4), u, fma_f32(P3, b, P2)), u, P1 * b)
     an = abs(n)
     if not an > _F(126.0):
-        return fma32(j, k, k)
+        return fma_f32(j, k, k)
     g = np.uint32(0x82000000) if n <= _F(0.0) else np.uint32(0)
     s1 = _from_bits(np.uint32(g + np.uint32(0x7F000000)), tmp_f, tmp_u)
     s2 = _from_bits(np.uint32(e - g), tmp_f, tmp_u)
     if an > _F(192.0):
         return s1 * s1
-    return fma32(s2, j, s2) * s1
+    return fma_f32(s2, j, s2) * s1
 
 
 @njit(cache=True, inline="always")
@@ -202,8 +202,8 @@ def _rope_kernel(x, cos_c, sin_c, n_rot, neox, out):
                 # the compiler contracts rotate_pairs' x0*cos - x1*sin and x0*sin + x1*cos
                 # into FMAs on x0's products (found against llama.cpp's tensors; the other
                 # contractions and none at all each miss ~10-25% of the values)
-                out[t, h, a0] = fma32(x0, c, -(x1 * s))
-                out[t, h, a1] = fma32(x0, s, x1 * c)
+                out[t, h, a0] = fma_f32(x0, c, -(x1 * s))
+                out[t, h, a1] = fma_f32(x0, s, x1 * c)
             for i in range(n_rot, d):
                 out[t, h, i] = x[t, h, i]
 

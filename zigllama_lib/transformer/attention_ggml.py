@@ -34,6 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
+from ..linear_algebra.ggml_simd import dot_f32_ggml_f16, dot_f32_lanes8
 from ..linear_algebra.q8 import round_f16
 from ..neural_primitives.ggml_math import _v_expf
 
@@ -42,7 +43,8 @@ KV_PAD = 256
 
 @njit(cache=True, inline="always")
 def _dot_tinyblas(a, b, n):
-    """tinyBLAS F16 (AVX2): 8 FMA lanes over ``n`` (a multiple of 8), then hsum."""
+    """tinyBLAS F16 (AVX2): 8 FMA lanes over ``n`` (a multiple of 8), then hsum. The readable
+    reference of ``dot_f32_lanes8`` (the SIMD version the kernel runs; equal, tested)."""
     acc = np.zeros(8, np.float32)
     for i in range(0, n, 8):
         for l in range(8):
@@ -52,7 +54,8 @@ def _dot_tinyblas(a, b, n):
 
 @njit(cache=True, inline="always")
 def _dot_vec_f16(a, b, n):
-    """ggml_vec_dot_f16 (AVX2): 4 x 8 FMA accumulators over steps of 32, GGML_F32x8_REDUCE, double tail."""
+    """ggml_vec_dot_f16 (AVX2): 4 x 8 FMA accumulators over steps of 32, GGML_F32x8_REDUCE, double tail.
+    The readable reference of ``_dot_vec_f16_simd``."""
     acc = np.zeros((4, 8), np.float32)
     np32 = n - n % 32
     for i in range(0, np32, 32):
@@ -74,6 +77,21 @@ def _dot_vec_f16(a, b, n):
     return np.float32(s)
 
 
+@njit(cache=True, inline="always")
+def _dot_vec_f16_simd(a, b, n):
+    """:func:`_dot_vec_f16` with its 32-wide main loop in SIMD code (contiguous float32 rows)."""
+    np32 = n - n % 32
+    s = np.float64(dot_f32_ggml_f16(a.ctypes.data, b.ctypes.data, np32))
+    for i in range(np32, n):
+        s += np.float64(a[i] * b[i])
+    return np.float32(s)
+
+
+@njit(cache=True, inline="always")
+def _dot_tinyblas_simd(a, b, n):
+    return dot_f32_lanes8(a.ctypes.data, b.ctypes.data, n)
+
+
 @njit(cache=True, parallel=True)
 def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, out):
     """q16 (n_tok, n_head, d) f32 holding f16 values; k (n_cols, n_kv_head, d) f32 (f16 values, zero padded);
@@ -93,9 +111,9 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, out):
         for c in range(n_vis):
             krow = k[c, kvh]
             if decode:
-                s = _dot_vec_f16(krow, qrow, d)
+                s = _dot_vec_f16_simd(krow, qrow, d)
             else:
-                s = _dot_tinyblas(krow, qrow, d)
+                s = _dot_tinyblas_simd(krow, qrow, d)
             w[c] = s * scale  # + mask 0 (an FMA with 0 rounds the same)
             if w[c] > mx:
                 mx = w[c]
@@ -118,9 +136,9 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, out):
         for j in range(d_v):
             vrow = vt[kvh, j]
             if decode:
-                out[t, h, j] = _dot_vec_f16(vrow, p, n_cols)
+                out[t, h, j] = _dot_vec_f16_simd(vrow, p, n_cols)
             else:
-                out[t, h, j] = _dot_tinyblas(vrow, p, n_cols)
+                out[t, h, j] = _dot_tinyblas_simd(vrow, p, n_cols)
 
 
 def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: int, scale: float,
@@ -143,7 +161,7 @@ def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: 
         raise ValueError(f"attention_ggml: the cache holds {k_f16.shape[0]} positions, need {n_kv}")
     n_kv_head, d_v = v_f16.shape[1], v_f16.shape[2]
     n_cols = -(-n_kv // kv_pad) * kv_pad
-    q16 = q.astype(np.float16).astype(np.float32)
+    q16 = np.ascontiguousarray(q.astype(np.float16).astype(np.float32))
     k = np.zeros((n_cols, n_kv_head, d), np.float32)
     k[:n_kv] = np.asarray(k_f16[:n_kv], dtype=np.float16)
     vt = np.zeros((n_kv_head, d_v, n_cols), np.float32)

@@ -1,0 +1,55 @@
+"""The fused decode step (models.fused_decode) is the generic llama.cpp-numerics step, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zigllama_lib.models.decoder import numerics_named
+from zigllama_lib.models.fused_decode import unsupported_reason
+
+
+@pytest.fixture(scope="module")
+def smollm_decoder(smollm_path):
+    from zigllama_lib.models.loader import load_gguf
+
+    return load_gguf(smollm_path, progress=False).decoder
+
+
+def _steps(decoder, prompt, tokens, fused: bool):
+    nm = numerics_named("llama.cpp")
+    decoder.fused_decode = fused
+    try:
+        cache = decoder.new_cache(len(prompt) + len(tokens) + 1, nm)
+        decoder.forward(prompt, cache, nm)
+        logits = [decoder.forward([t], cache, nm)[0] for t in tokens]
+        return np.stack(logits), cache
+    finally:
+        decoder.fused_decode = True
+
+
+@pytest.mark.parametrize("n_prompt", [5, 250])  # 250: the decode steps cross llama.cpp's 256-cell KV padding
+def test_fused_step_is_the_generic_step_bit_for_bit(smollm_decoder, n_prompt):
+    assert unsupported_reason(smollm_decoder) is None
+    rng = np.random.default_rng(n_prompt)
+    prompt = rng.integers(0, smollm_decoder.spec.n_vocab, n_prompt).tolist()
+    tokens = rng.integers(0, smollm_decoder.spec.n_vocab, 9).tolist()
+    fused, cache_f = _steps(smollm_decoder, prompt, tokens, True)
+    generic, cache_g = _steps(smollm_decoder, prompt, tokens, False)
+    assert np.array_equal(fused.view(np.int32), generic.view(np.int32))
+    # the float16 cache the fused step wrote is the generic path's
+    n = n_prompt + len(tokens)
+    assert np.array_equal(cache_f.k[:, :n].view(np.uint16), cache_g.k[:, :n].view(np.uint16))
+    assert np.array_equal(cache_f.v[:, :n].view(np.uint16), cache_g.v[:, :n].view(np.uint16))
+    assert cache_f.n_past == cache_g.n_past == n
+
+
+def test_unsupported_models_say_why(smollm_decoder):
+    from dataclasses import replace
+
+    class Fake:
+        spec = replace(smollm_decoder.spec, traits=replace(smollm_decoder.spec.traits, activation="gelu"))
+        layers = smollm_decoder.layers
+        output = smollm_decoder.output
+
+    assert "gelu" in unsupported_reason(Fake())

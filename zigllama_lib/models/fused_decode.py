@@ -1,0 +1,305 @@
+"""A decode step in one compiled call: the fast path of the ``"llama.cpp"`` numerics.
+
+:meth:`Decoder.forward` runs a layer as ~15 separate kernels called from
+Python: each call costs microseconds of interpreter time, argument checks and
+temporary arrays, and each parallel kernel wakes the thread pool. For one
+token of SmolLM2 (30 layers) that overhead is larger than the arithmetic.
+Here every layer of a decode step runs inside one Numba function::
+
+    for each layer:                                     # h: (d_model,) float32
+        x = rms_norm(h) * attn_norm;  xq = Q8_1(x)      # quantised once for q, k and v
+        q, k, v = Wq xq, Wk xq, Wv xq                   # 3 parallel regions
+        q, k = rope(q), rope(k);  cache[pos] = f16(k), f16(v)
+        a = attention(q, cache[:pos+1])                 # parallel over heads
+        h += Wo Q8_1(a)                                 # 1 parallel region
+        x = rms_norm(h) * ffn_norm;  xq = Q8_1(x)
+        h += Wdown Q8_1(swiglu(Wgate xq, Wup xq))       # 3 parallel regions
+
+with the same operations, in the same order, as the generic path with
+``numerics="llama.cpp"`` (ggml's roundings, from :mod:`..linear_algebra.ggml_simd`,
+:mod:`..neural_primitives.ggml_math` and the decode branch of
+:mod:`..transformer.attention_ggml`): the logits are bit-identical to it, hence
+to llama.cpp's (tested). Supported: llama-family blocks (no biases, no q/k norm,
+no post-norms, SiLU-gated FFN) with Q4_1 / Q8_0 matrices; anything else runs the
+generic path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..foundation.ggml_types import GGMLType
+from ..linear_algebra.ggml_exact import fma_f32, hsum8
+from ..linear_algebra.ggml_simd import (SUPPORTED as SIMD_TYPES, dot_q4_1_q8_1, dot_q8_0_q8_0, f16_bits_to_f32,
+                                        f32_to_f16_bits, matmul_simd)
+from ..linear_algebra.q8 import _q8_32_token, round_f16
+from ..neural_primitives.ggml_math import _rms_norm_kernel, _rope_cache, _silu_scalar, _v_expf, _v_silu, rms_norm_ggml
+from ..transformer.attention_ggml import KV_PAD
+
+# weight matrices of a block, in the order of the address table
+MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+WQ, WK, WV, WO, WGATE, WUP, WDOWN = range(7)
+
+
+def unsupported_reason(decoder) -> str | None:
+    """Why ``decoder`` cannot take the fused path, or None if it can."""
+    s = decoder.spec
+    t = s.traits
+    if t.attn_bias or t.qk_norm or t.post_norms or t.embed_scale:
+        return f"{s.arch}: biases / q-k norms / post-norms / embedding scale are not fused"
+    if t.activation != "silu":
+        return f"{s.arch}: activation {t.activation!r} (fused: silu)"
+    if t.rope_mode not in ("norm", "neox"):
+        return f"{s.arch}: RoPE mode {t.rope_mode!r}"
+    if s.head_dim_v != s.head_dim_k or s.n_head % s.n_kv_head:
+        return f"{s.arch}: head sizes {s.head_dim_k}/{s.head_dim_v}, {s.n_head}/{s.n_kv_head} heads"
+    if decoder.output.qtype not in SIMD_TYPES:
+        return f"output: {decoder.output.qtype.name}"
+    if s.sliding_window is not None and any(s.is_sliding(i) for i in range(s.n_layer)):
+        return f"{s.arch}: sliding-window layers"
+    for i, lw in enumerate(decoder.layers):
+        for name in MATRICES:
+            w = getattr(lw, name)
+            if w.qtype not in SIMD_TYPES or w.raw.strides[1] != 1:
+                return f"blk.{i}.{name}: {w.qtype.name} (fused: {[q.name for q in SIMD_TYPES]})"
+    return None
+
+
+# -- pieces -----------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _matvec(addr, stride, q4_1, n_out, xq, xd, xs, out):
+    """``out[r] = W[r] . x`` for the ``n_out`` GGUF rows at ``addr`` (llama.cpp's vec_dot, in SIMD)."""
+    nb = xd.shape[0]
+    xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
+    for r in prange(n_out):
+        if q4_1:
+            out[r] = dot_q4_1_q8_1(addr + r * stride, xa, xda, xsa, nb)
+        else:
+            out[r] = dot_q8_0_q8_0(addr + r * stride, xa, xda, nb)
+
+
+@njit(cache=True, inline="always")
+def _quantize(x, xq, xd, xs):
+    """Q8_1 of ``x (n,)`` with the x86 rounding (Q8_0 is the same ``q`` and ``d``, without ``s``)."""
+    _q8_32_token(x.reshape((1, x.shape[0])), 0, True, True, 32, xq.reshape((1, 1, xq.shape[0])),
+                 xd.reshape((1, xd.shape[0])), xs.reshape((1, xs.shape[0])))
+
+
+@njit(cache=True, inline="always")
+def _rms_norm(h, weight, eps, out):
+    """``(h * 1/sqrt(mean(h^2) + eps)) * weight``, ggml's roundings."""
+    _rms_norm_kernel(h.reshape((1, h.shape[0])), eps, out.reshape((1, out.shape[0])))
+    for i in range(out.shape[0]):
+        out[i] = out[i] * weight[i]
+
+
+@njit(cache=True, inline="always")
+def _rope(x, n_head, d, n_rot, neox, cos_c, sin_c):
+    """ggml's rotate_pairs on each head of ``x (n_head*d,)``, in place."""
+    half = n_rot // 2
+    for h in range(n_head):
+        o = h * d
+        for i in range(half):
+            c = cos_c[0, i]
+            s = sin_c[0, i]
+            a0, a1 = (o + i, o + i + half) if neox else (o + 2 * i, o + 2 * i + 1)
+            x0 = x[a0]
+            x1 = x[a1]
+            x[a0] = fma_f32(x0, c, -(x1 * s))
+            x[a1] = fma_f32(x0, s, x1 * c)
+
+
+@njit(cache=True, inline="always")
+def _f16_dot_reduce(acc):
+    """``ggml_vec_dot_f16``'s reduction of its 4 x 8 accumulators ``acc (32,)`` (slot 8j + l)."""
+    x = np.empty(8, np.float32)
+    for lane in range(8):
+        x[lane] = (acc[lane] + acc[16 + lane]) + (acc[8 + lane] + acc[24 + lane])
+    return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]))
+
+
+@njit(cache=True)
+def _attend_head(q, h, kc, vc, kvh, n_kv, scale, out):
+    """Decode attention of head ``h`` (llama.cpp's non-flash path, see attention_ggml).
+
+    ``kc, vc: (n_ctx, n_kv_head, d) uint16`` float16 bits of one layer's cache.
+    """
+    d = kc.shape[2]
+    d_v = vc.shape[2]
+    n_cols = -(-n_kv // KV_PAD) * KV_PAD
+    q16 = np.empty(d, np.float32)
+    for j in range(d):
+        q16[j] = round_f16(q[h * d + j])
+    d32 = d - d % 32
+    w = np.empty(n_kv, np.float32)
+    acc = np.empty(32, np.float32)
+    mx = np.float32(-np.inf)
+    for c in range(n_kv):  # KQ: ggml_vec_dot_f16(k[c], q16), slot = i % 32
+        acc[:] = 0
+        for i0 in range(0, d32, 32):
+            for j in range(32):
+                acc[j] = fma_f32(f16_bits_to_f32(kc[c, kvh, i0 + j]), q16[i0 + j], acc[j])
+        s = np.float64(_f16_dot_reduce(acc))
+        for i in range(d32, d):
+            s += np.float64(f16_bits_to_f32(kc[c, kvh, i]) * q16[i])
+        w[c] = np.float32(s) * scale
+        if w[c] > mx:
+            mx = w[c]
+    tmp_f = np.empty(1, np.float32)
+    tmp_u = tmp_f.view(np.uint32)
+    p = np.zeros(n_kv, np.float32)
+    total = 0.0
+    e = np.zeros(8, np.float32)
+    for c0 in range(0, n_cols, 8):  # ggml_vec_soft_max_f32: chunks of 8, float hsum, double total
+        if c0 >= n_kv:
+            break  # later chunks are all masked: exp(-inf) = 0 adds nothing
+        for lane in range(8):
+            c = c0 + lane
+            e[lane] = _v_expf(w[c] - mx, tmp_f, tmp_u) if c < n_kv else np.float32(0)
+            if c < n_kv:
+                p[c] = e[lane]
+        total += np.float64(hsum8(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
+    inv = np.float32(1.0 / total)
+    for c in range(n_kv):
+        p[c] = round_f16(p[c] * inv)
+    # KQV: out[j] = ggml_vec_dot_f16(n_cols, v^T[j], p), cell c in slot c % 32; slot-major accumulators
+    acc2 = np.zeros((32, d_v), np.float32)
+    for c in range(n_kv):
+        a = acc2[c % 32]
+        pc = p[c]
+        for j in range(d_v):
+            a[j] = fma_f32(f16_bits_to_f32(vc[c, kvh, j]), pc, a[j])
+    for c in range(n_kv, min(n_cols, n_kv + 32)):  # masked cells: fma(0, 0, acc) = acc + 0 (turns -0 into +0)
+        a = acc2[c % 32]
+        for j in range(d_v):
+            a[j] = a[j] + np.float32(0)
+    col = np.empty(32, np.float32)
+    for j in range(d_v):
+        for slot in range(32):
+            col[slot] = acc2[slot, j]
+        out[h * d_v + j] = np.float32(np.float64(_f16_dot_reduce(col)))
+
+
+@njit(cache=True, parallel=True)
+def _attention(q, kc, vc, n_head, n_kv_head, n_kv, scale, out):
+    group = n_head // n_kv_head
+    for h in prange(n_head):
+        _attend_head(q, h, kc, vc, h // group, n_kv, scale, out)
+
+
+@njit(cache=True, inline="always")
+def _swiglu(gate, up, out):
+    """ggml_vec_swiglu_f32: chunks of 8 with ggml_v_silu, the tail with ggml_silu_f32."""
+    n = gate.shape[0]
+    n8 = n - n % 8
+    tmp_f = np.empty(1, np.float32)
+    tmp_u = tmp_f.view(np.uint32)
+    for i in range(n8):
+        out[i] = _v_silu(gate[i], tmp_f, tmp_u) * up[i]
+    for i in range(n8, n):
+        out[i] = _silu_scalar(gate[i]) * up[i]
+
+
+@njit(cache=True)
+def _decode_layers(h, pos, addr, stride, q4_1, n_rows, attn_norm, ffn_norm, eps, k_cache, v_cache,
+                   n_head, n_kv_head, head_dim, n_rot, neox, theta_scale, freq_scale, scale):
+    """All layers of one decode step; ``h (d_model,)`` float32 updated in place.
+
+    ``addr, stride, q4_1, n_rows: (n_layer, 7)``: each matrix's GGUF rows (address, row bytes, Q4_1
+    or Q8_0, rows) in :data:`MATRICES` order. ``k_cache, v_cache: (n_layer, n_ctx, n_kv_head, d)``
+    float16 bits, written at ``pos``.
+    """
+    n_layer, d_model = attn_norm.shape
+    d_ff = n_rows[0, WGATE]
+    dq, dkv = n_head * head_dim, n_kv_head * head_dim
+    n_max = max(d_model, d_ff, dq)
+    x = np.empty(n_max, np.float32)
+    xq = np.empty(n_max, np.int8)
+    xd = np.empty(n_max // 32, np.float32)
+    xs = np.empty(n_max // 32, np.float32)
+    q = np.empty(dq, np.float32)
+    k = np.empty(dkv, np.float32)
+    v = np.empty(dkv, np.float32)
+    att = np.empty(dq, np.float32)
+    gate = np.empty(d_ff, np.float32)
+    up = np.empty(d_ff, np.float32)
+    hidden = np.empty(d_ff, np.float32)
+    y = np.empty(d_model, np.float32)
+    cos_c = np.empty((1, n_rot // 2), np.float32)
+    sin_c = np.empty((1, n_rot // 2), np.float32)
+    positions = np.full(1, pos, np.int64)
+    nbm, nbf = d_model // 32, d_ff // 32
+    for layer in range(n_layer):
+        a, st, q41 = addr[layer], stride[layer], q4_1[layer]
+        # -- attention
+        _rms_norm(h, attn_norm[layer], eps, x[:d_model])
+        _quantize(x[:d_model], xq[:d_model], xd[:nbm], xs[:nbm])
+        _matvec(a[WQ], st[WQ], q41[WQ], dq, xq[:d_model], xd[:nbm], xs[:nbm], q)
+        _matvec(a[WK], st[WK], q41[WK], dkv, xq[:d_model], xd[:nbm], xs[:nbm], k)
+        _matvec(a[WV], st[WV], q41[WV], dkv, xq[:d_model], xd[:nbm], xs[:nbm], v)
+        _rope_cache(positions, n_rot // 2, theta_scale[layer], freq_scale, cos_c, sin_c)
+        _rope(q, n_head, head_dim, n_rot, neox, cos_c, sin_c)
+        _rope(k, n_kv_head, head_dim, n_rot, neox, cos_c, sin_c)
+        for hh in range(n_kv_head):
+            for j in range(head_dim):
+                k_cache[layer, pos, hh, j] = f32_to_f16_bits(k[hh * head_dim + j])
+                v_cache[layer, pos, hh, j] = f32_to_f16_bits(v[hh * head_dim + j])
+        _attention(q, k_cache[layer], v_cache[layer], n_head, n_kv_head, pos + 1, scale, att)
+        _quantize(att, xq[:dq], xd[:dq // 32], xs[:dq // 32])
+        _matvec(a[WO], st[WO], q41[WO], d_model, xq[:dq], xd[:dq // 32], xs[:dq // 32], y)
+        for i in range(d_model):
+            h[i] = h[i] + y[i]
+        # -- feed-forward
+        _rms_norm(h, ffn_norm[layer], eps, x[:d_model])
+        _quantize(x[:d_model], xq[:d_model], xd[:nbm], xs[:nbm])
+        _matvec(a[WGATE], st[WGATE], q41[WGATE], d_ff, xq[:d_model], xd[:nbm], xs[:nbm], gate)
+        _matvec(a[WUP], st[WUP], q41[WUP], d_ff, xq[:d_model], xd[:nbm], xs[:nbm], up)
+        _swiglu(gate, up, hidden)
+        _quantize(hidden, xq[:d_ff], xd[:nbf], xs[:nbf])
+        _matvec(a[WDOWN], st[WDOWN], q41[WDOWN], d_model, xq[:d_ff], xd[:nbf], xs[:nbf], y)
+        for i in range(d_model):
+            h[i] = h[i] + y[i]
+
+
+class FusedDecodeStep:
+    """The tables :func:`_decode_layers` reads, built once from a :class:`Decoder`."""
+
+    def __init__(self, decoder):
+        reason = unsupported_reason(decoder)
+        if reason is not None:
+            raise ValueError(f"fused decode unsupported: {reason}")
+        self.decoder = decoder
+        s = decoder.spec
+        n = s.n_layer
+        self.addr = np.empty((n, 7), np.int64)
+        self.stride = np.empty((n, 7), np.int64)
+        self.q4_1 = np.empty((n, 7), np.bool_)
+        self.n_rows = np.empty((n, 7), np.int64)
+        for i, lw in enumerate(decoder.layers):
+            for j, name in enumerate(MATRICES):
+                w = getattr(lw, name)
+                self.addr[i, j] = w.raw.ctypes.data  # the memory map stays open with decoder.gguf
+                self.stride[i, j] = w.raw.strides[0]
+                self.q4_1[i, j] = w.qtype == GGMLType.Q4_1
+                self.n_rows[i, j] = w.n_out
+        self.attn_norm = np.ascontiguousarray(np.stack([lw.attn_norm for lw in decoder.layers]), np.float32)
+        self.ffn_norm = np.ascontiguousarray(np.stack([lw.ffn_norm for lw in decoder.layers]), np.float32)
+        self.theta_scale = np.array([np.power(np.float32(s.rope_base_for(i)), np.float32(-2.0) / np.float32(s.rope_dims))
+                                     for i in range(n)], np.float32)  # powf, as rope_ggml
+        self._keep = [decoder.gguf]
+
+    def __call__(self, token: int, cache) -> np.ndarray:
+        """Logits ``(1, n_vocab)`` of ``token`` at position ``cache.n_past``; stores its K, V and advances."""
+        dec, s = self.decoder, self.decoder.spec
+        cache.check_room(1)
+        h = np.ascontiguousarray(dec.embed(np.array([token]))[0], np.float32)
+        _decode_layers(h, cache.n_past, self.addr, self.stride, self.q4_1, self.n_rows, self.attn_norm,
+                       self.ffn_norm, np.float32(s.norm_eps), cache.k.view(np.uint16), cache.v.view(np.uint16),
+                       s.n_head, s.n_kv_head, s.head_dim_k, s.rope_dims, s.traits.rope_mode == "neox",
+                       self.theta_scale, np.float32(s.rope_freq_scale), np.float32(s.attn_scale))
+        cache.advance(1)
+        return matmul_simd(dec.output, rms_norm_ggml(h[None], dec.output_norm, s.norm_eps))
+
+
+__all__ = ["FusedDecodeStep", "unsupported_reason", "MATRICES"]
