@@ -31,7 +31,9 @@
 #    against the library's filters;
 # 4. check that a seeded sampler is reproducible and draws from the
 #    distribution it claims;
-# 5. stream UTF-8 text from tokens without ever splitting a character.
+# 5. stream UTF-8 text from tokens without ever splitting a character;
+# 6. read a profile of a decode step and a prefill against this machine's
+#    roofline, and check a fast kernel against its reference.
 
 # %%
 # Versions: numbers in this notebook were produced with these.
@@ -543,7 +545,116 @@ print("streamed:          ", repr("".join(pieces)))
 # %% [markdown]
 # `model.generate` streams its tokens through the same `Utf8Stream`, which is
 # why the quick start could print pieces as they came.
+
+# %% [markdown]
+# ## 6. Where the time goes
 #
+# A decode step multiplies one token's activations by *every* weight of the
+# model: for SmolLM2 that is 96 MB of GGUF bytes read from memory per token,
+# for about $2P \approx 270$ MFLOP of arithmetic, some 3 FLOPs per byte. A CPU
+# core does tens of GFLOP/s but memory delivers tens of GB/s, so the ceiling
+# of decode speed is set by bandwidth:
+#
+# $$\text{tok/s} \le \frac{\text{read bandwidth (B/s)}}{\text{weight bytes per token}}.$$
+#
+# `zigllama_lib.inference.profile` measures this machine (read bandwidth, a
+# dot-product peak, the cost of a parallel launch), times every operation of
+# a decode step and of a prefill, and reports each matrix product's GB/s and
+# GFLOP/s -- the points of a *roofline* plot. (The same run from a shell:
+# `zigllama profile`.) The per-operation times come from the layer-by-layer
+# path; the production decode step runs the same operations fused into one
+# compiled call, shown as "unprofiled".
+
+# %%
+from zigllama_lib.inference import profile as prof
+from zigllama_lib.viz.profile import plot_roofline, plot_step_breakdown, profile_view
+
+run = prof.run(model, n_prompt=32, n_decode=8, reps=1)
+step = run["decode"]
+print(f"decode step: {step['unprofiled_s'] * 1e3:.1f} ms fused, {step['total_s'] * 1e3:.1f} ms layer by layer")
+print(prof.ceiling_statement(run["ceiling"]))
+# the ceiling by hand: bandwidth over the bytes of every matrix a decode step reads
+bw = run["machine"]["bandwidth_b_s"][str(run["n_threads"])]
+weight_bytes = sum(r["gguf_bytes"] for r in run["decode_matmuls"])
+assert weight_bytes == sum(prof.weight_bytes(w) for lw in model.decoder.layers
+                           for w in (lw.wq, lw.wk, lw.wv, lw.wo, lw.w_gate, lw.w_up, lw.w_down)) \
+    + prof.weight_bytes(model.decoder.output)
+np.testing.assert_allclose(run["ceiling"]["ceiling_tok_s"], bw / weight_bytes)
+# the operations (and "other") add up to the step
+np.testing.assert_allclose(sum(r["seconds"] for r in step["ops"]), step["total_s"], rtol=1e-9)
+
+# %%
+fig = plot_step_breakdown(run, "decode")
+plt.show()
+fig = plot_roofline(run)
+plt.show()
+
+# %%
+profile_view(run)
+
+# %% [markdown]
+# ### The fast path and its reference
+#
+# Every fast kernel has a readable reference beside it, and the tests hold one
+# to the other. The decode step above runs `ggml_simd`'s dot products (llama.cpp's
+# AVX2 instructions written as LLVM vector code, reading the GGUF rows in
+# place) inside one compiled call per token (`models.fused_decode`). The
+# reference is `ggml_exact.matmul_ggml` (one scalar at a time, in llama.cpp's
+# order) driven layer by layer from Python. Same bits, very different speed:
+
+# %%
+from zigllama_lib.linear_algebra.ggml_exact import matmul_ggml
+from zigllama_lib.linear_algebra.ggml_simd import matmul_simd
+
+w = model.decoder.layers[0].w_gate
+x = np.random.default_rng(0).standard_normal(w.n_in).astype(np.float32)
+assert np.array_equal(matmul_simd(w, x), matmul_ggml(w, x))  # bit for bit
+
+
+def best_time(fn, n=20):
+    fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+t_ref, t_simd = best_time(lambda: matmul_ggml(w, x)), best_time(lambda: matmul_simd(w, x))
+print(f"ffn_gate {w.n_out}x{w.n_in}: scalar reference {t_ref * 1e6:.0f} us, SIMD {t_simd * 1e6:.0f} us "
+      f"({t_ref / t_simd:.1f}x)")
+
+nm = numerics_named("llama.cpp")
+dec = model.decoder
+story_ids = tok.encode("Once upon a time", add_special=True)
+
+
+def decode_steps(fused, n=8):
+    dec.fused_decode = fused
+    cache = dec.new_cache(len(story_ids) + n, nm)
+    dec.forward(story_ids, cache, nm)
+    out, t0 = [], time.perf_counter()
+    for i in range(n):
+        out.append(dec.forward([story_ids[-1] + i], cache, nm)[0])
+    dec.fused_decode = True
+    return np.stack(out), (time.perf_counter() - t0) / n
+
+
+fused_logits, t_fused = decode_steps(True)
+plain_logits, t_plain = decode_steps(False)
+assert np.array_equal(fused_logits, plain_logits)  # the fused step is the layer-by-layer step, bit for bit
+print(f"decode step: layer by layer {t_plain * 1e3:.1f} ms, fused {t_fused * 1e3:.1f} ms")
+
+# %% [markdown]
+# How it compares with llama.cpp on this machine, and the seed's "Performance
+# Highlights" measured here, come from two commands (their output is in the
+# README):
+#
+#     zigllama bench --vs llama.cpp --threads 2 --reps 5
+#     zigllama bench --highlights
+
+# %% [markdown]
 # ## Summary
 #
 # - Generation is a loop: prefill the prompt once, then one `forward` per new
@@ -560,6 +671,10 @@ print("streamed:          ", repr("".join(pieces)))
 # - A seed makes sampling reproducible, and a chi-square test checks that the
 #   draws follow the claimed probabilities.
 # - `Utf8Stream` cuts a byte stream only between characters.
+# - Decode reads every weight once per token, so memory bandwidth sets its
+#   ceiling; the profile shows where a step's time goes and how close each
+#   product gets to the roofline. Fast kernels stay bit-identical to their
+#   readable references.
 #
 # ## Exercises
 #

@@ -39,7 +39,7 @@ def _ggml_vec_dot(ggml_cpu, w: QMatrix, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0])
-@pytest.mark.parametrize("n_tok", [1, 3])
+@pytest.mark.parametrize("n_tok", [1, 3, 6])
 def test_matmul_simd_is_ggml_bit_for_bit(qtype, n_tok, ggml_cpu):
     rng = np.random.default_rng(10 + n_tok)
     w = _random_qmatrix(qtype, 200, 1536, rng)  # 200 rows: not a multiple of any vector width

@@ -181,12 +181,89 @@ def dot_q8_0_q8_0(typingctx, w_addr, x_addr, xd_addr, nb):
     return sig, codegen
 
 
+TOKENS_PER_PASS = 4  # prefill: tokens that share one unpacking of a weight block
+
+
+@intrinsic
+def dot4_rows(typingctx, q4_1, w_addr, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb, out_addr, out_stride):
+    """One weight row times :data:`TOKENS_PER_PASS` tokens (prefill): each block's weights are loaded
+    and unpacked once and used four times. Token ``t``'s result -- the same float as
+    ``dot_q4_1_q8_1`` / ``dot_q8_0_q8_0`` of that token -- goes to ``out_addr + t * out_stride``.
+
+    ``q4_1`` must be a compile-time literal: True (Q4_1 x Q8_1) or False (Q8_0 x Q8_0). Token
+    ``t``'s quants are at ``x_addr + t * x_stride``, its scales at ``xd_addr / xs_addr + t * s_stride``.
+    """
+    from numba.core.errors import TypingError
+
+    if not isinstance(q4_1, types.BooleanLiteral):
+        raise TypingError("dot4_rows: q4_1 must be a literal True or False")
+    is_q4_1 = q4_1.literal_value
+    i64 = types.int64
+    sig = types.none(q4_1, i64, i64, i64, i64, i64, i64, i64, i64, i64)
+
+    def codegen(context, builder, signature, args):
+        _, w_addr, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb, out_addr, out_stride = args
+        v8f = _vec(F32, 8)
+        n = TOKENS_PER_PASS
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(n)]
+        summs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n)]
+        tok = [ir.Constant(I64, t) for t in range(n)]
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            b4 = builder.mul(b, ir.Constant(I64, 4))
+            b32 = builder.mul(b, ir.Constant(I64, 32))
+            if is_q4_1:
+                blk = builder.add(w_addr, builder.mul(b, ir.Constant(I64, SIZEOF_BLOCK_Q4_1)))
+                d_w = builder.fpext(_load(builder, F16, blk), F32)
+                m_w = builder.fpext(_load(builder, F16, blk, 2), F32)
+                qs = _load(builder, _vec(I8, 16), blk, 4)
+                qx = builder.shuffle_vector(builder.and_(qs, _splat(I8, 16, 15)), builder.lshr(qs, _splat(I8, 16, 4)),
+                                            _indices(range(32)))
+            else:
+                blk = builder.add(w_addr, builder.mul(b, ir.Constant(I64, SIZEOF_BLOCK_Q8_0)))
+                d_w = builder.fpext(_load(builder, F16, blk), F32)
+                qw = _load(builder, _vec(I8, 32), blk, 2)
+                negative = builder.icmp_signed("<", qw, _splat(I8, 32, 0))
+                qx = builder.select(negative, builder.neg(qw), qw)
+            for t in range(n):
+                xa = builder.add(x_addr, builder.mul(tok[t], x_stride))
+                sa = builder.mul(tok[t], s_stride)
+                qy = _load(builder, _vec(I8, 32), xa, b32)
+                if not is_q4_1:
+                    qy = builder.select(negative, builder.neg(qy), qy)
+                d_x = _load(builder, F32, builder.add(xd_addr, sa), b4, 4)
+                if is_q4_1:
+                    s_x = _load(builder, F32, builder.add(xs_addr, sa), b4, 4)
+                    builder.store(builder.fadd(builder.load(summs[t]), builder.fmul(m_w, s_x)), summs[t])
+                acc = _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, qy), builder.load(accs[t]))
+                builder.store(acc, accs[t])
+        for t in range(n):
+            total = _hsum8(builder, builder.load(accs[t]))
+            if is_q4_1:
+                total = builder.fadd(total, builder.load(summs[t]))
+            dst = builder.add(out_addr, builder.mul(tok[t], out_stride))
+            builder.store(total, builder.inttoptr(dst, F32.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # -- matrix products --------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _row_times_tokens(w0, row_stride, r, q4_1, xq, xd, xs, out):
+    """Row ``r`` times every token: four at a time (``dot4_rows``), the rest one by one."""
     nb = xd.shape[1]
     w = w0 + r * row_stride
-    for t in range(xq.shape[0]):
+    n_tok = xq.shape[0]
+    n4 = n_tok - n_tok % TOKENS_PER_PASS
+    for t in range(0, n4, TOKENS_PER_PASS):
+        if q4_1:
+            dot4_rows(True, w, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xs[t].ctypes.data, xd.strides[0],
+                      nb, out[t, r:].ctypes.data, out.strides[0])
+        else:
+            dot4_rows(False, w, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xs[t].ctypes.data, xd.strides[0],
+                      nb, out[t, r:].ctypes.data, out.strides[0])
+    for t in range(n4, n_tok):
         if q4_1:
             out[t, r] = dot_q4_1_q8_1(w, xq[t].ctypes.data, xd[t].ctypes.data, xs[t].ctypes.data, nb)
         else:

@@ -302,8 +302,8 @@ def quantize_q8_32_planes(x: np.ndarray, with_sum: bool, variant: str = "ref"):
     ``(n_tok, n/32)``: exactly the values the block bytes of :func:`quantize_q8_0` / ``_1`` hold."""
     _check_variant(variant)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    xT, xd, xs = q8_32_T(x, variant == "x86", with_sum, 1)
-    xq = np.ascontiguousarray(xT.transpose(0, 2, 1)).reshape(x.shape)
+    xT, xd, xs = q8_32_T(x, variant == "x86", with_sum, 32)  # K = 32: the lane layout is the plain one
+    xq = xT.reshape(x.shape)
     return (xq, xd, xs) if with_sum else (xq, xd)
 
 

@@ -31,8 +31,8 @@ from numba import njit, prange
 
 from ..foundation.ggml_types import GGMLType
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
-from ..linear_algebra.ggml_simd import (SUPPORTED as SIMD_TYPES, dot_q4_1_q8_1, dot_q8_0_q8_0, f16_bits_to_f32,
-                                        f32_to_f16_bits, matmul_simd)
+from ..linear_algebra.ggml_simd import (SUPPORTED as SIMD_TYPES, dot_f32_ggml_f16, dot_q4_1_q8_1, dot_q8_0_q8_0,
+                                        f16_bits_to_f32, f32_to_f16_bits, matmul_simd)
 from ..linear_algebra.q8 import _q8_32_token, round_f16
 from ..neural_primitives.ggml_math import _rms_norm_kernel, _rope_cache, _silu_scalar, _v_expf, _v_silu, rms_norm_ggml
 from ..transformer.attention_ggml import KV_PAD
@@ -133,16 +133,15 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, scale, out):
         q16[j] = round_f16(q[h * d + j])
     d32 = d - d % 32
     w = np.empty(n_kv, np.float32)
-    acc = np.empty(32, np.float32)
+    krow = np.empty(d, np.float32)
     mx = np.float32(-np.inf)
-    for c in range(n_kv):  # KQ: ggml_vec_dot_f16(k[c], q16), slot = i % 32
-        acc[:] = 0
-        for i0 in range(0, d32, 32):
-            for j in range(32):
-                acc[j] = fma_f32(f16_bits_to_f32(kc[c, kvh, i0 + j]), q16[i0 + j], acc[j])
-        s = np.float64(_f16_dot_reduce(acc))
+    for c in range(n_kv):  # KQ: ggml_vec_dot_f16(k[c], q16)
+        kbits = kc[c, kvh]
+        for j in range(d):
+            krow[j] = f16_bits_to_f32(kbits[j])
+        s = np.float64(dot_f32_ggml_f16(krow.ctypes.data, q16.ctypes.data, d32))
         for i in range(d32, d):
-            s += np.float64(f16_bits_to_f32(kc[c, kvh, i]) * q16[i])
+            s += np.float64(krow[i] * q16[i])
         w[c] = np.float32(s) * scale
         if w[c] > mx:
             mx = w[c]
@@ -167,9 +166,10 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, scale, out):
     acc2 = np.zeros((32, d_v), np.float32)
     for c in range(n_kv):
         a = acc2[c % 32]
+        vbits = vc[c, kvh]
         pc = p[c]
         for j in range(d_v):
-            a[j] = fma_f32(f16_bits_to_f32(vc[c, kvh, j]), pc, a[j])
+            a[j] = fma_f32(f16_bits_to_f32(vbits[j]), pc, a[j])
     for c in range(n_kv, min(n_cols, n_kv + 32)):  # masked cells: fma(0, 0, acc) = acc + 0 (turns -0 into +0)
         a = acc2[c % 32]
         for j in range(d_v):
