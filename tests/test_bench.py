@@ -24,7 +24,7 @@ from zigllama_lib.inference import bench
 from zigllama_lib.models import decoder
 
 MACHINE_FIELDS = {"cpu", "n_cores", "n_cores_available", "n_threads", "python", "numpy", "numba",
-                  "llama_cpp_python", "date"}
+                  "llama_cpp_python", "date", "load_average_start", "load_average_end"}
 TOP_FIELDS = {"command", "machine", "model", "file_bytes", "n_threads", "numerics", "n_prompt", "n_decode", "reps",
               "measurements", "ratios", "load", "memory", "startup"}
 MEMORY_FIELDS = {"peak_rss_bytes", "ru_maxrss_bytes", "rss_before_load_bytes", "rss_anon_bytes", "rss_file_bytes",

@@ -118,9 +118,8 @@ def test_naive_engine_agrees_with_the_float_path(smollm):
     ours = smollm.decoder.forward(ids, smollm.decoder.new_cache(5, nm), nm, all_logits=True)
     naive = smollm.decoder.forward(ids, smollm.decoder.new_cache(5, hl.NAIVE), hl.NAIVE, all_logits=True)
     assert_allclose(naive, ours, atol=1e-3 * np.abs(ours).max())
-    tokens, steps = hl.naive_generate(smollm, ids, 2)
-    expected = list(smollm.generate_ids(ids, max_tokens=2, temperature=0.0, stop_at_eog=False, numerics="float"))
-    assert tokens == expected and len(steps) == 2
+    tokens, steps = hl.naive_generate(smollm, ids, 1)
+    assert tokens == [int(np.argmax(ours[-1]))] and len(steps) == 1
 
 
 def test_run_rows_and_markdown_match(smollm):
@@ -128,6 +127,7 @@ def test_run_rows_and_markdown_match(smollm):
                  n_prompt=8, n_decode=2, reps=1, command="cmd", row_command=lambda k: f"row {k}")
     assert json.loads(json.dumps(res)) == res
     assert list(res["rows"]) == ["memory", "batch", "combined"]
+    assert {"cpu", "n_cores", "numba", "date", "load_average_start", "load_average_end"} <= set(res["machine"])
     b, c = res["rows"]["batch"], res["rows"]["combined"]
     assert b["speedup"] == pytest.approx(b["prefill_tok_s"] / b["decode_tok_s"])
     assert c["ours_decode_tok_s"] == b["decode_tok_s"]
@@ -157,5 +157,5 @@ def test_cli_highlights_json_markdown_and_row_commands(smollm_path, tmp_path):
     for key, r in res["rows"].items():
         args = build_parser().parse_args(shlex.split(r["command"])[1:])
         assert args.highlights and args.only == key and args.threads == 1
-        assert re.search(rf"\| [^|]+ \| [^|]+ \| [^|]+ \| {re.escape(r['seed_claim'])} \| `{re.escape(r['command'])}` \|",
-                         text)
+        claim, cmd = re.escape(r["seed_claim"]), re.escape(r["command"])
+        assert re.search(rf"\| [^|]+ \| [^|]+ \| [^|]+ \| {claim} \| `{cmd}` \|", text)

@@ -106,9 +106,18 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (runnable threads, averaged): before a run, how busy others kept the CPU."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def machine_info(n_threads: int) -> dict:
-    """CPU model, cores, threads used, library versions and the date (UTC)."""
-    return {"cpu": _cpu_model(), "n_cores": os.cpu_count(), "n_cores_available": available_cores(),
+    """CPU model, cores, threads used, library versions, the date (UTC) and the load average at the start."""
+    return {"load_average_start": load_average(), "cpu": _cpu_model(), "n_cores": os.cpu_count(),
+            "n_cores_available": available_cores(),
             "n_threads": n_threads, "python": platform.python_version(), "platform": platform.platform(),
             "numpy": np.__version__, "numba": _version("numba"), "llama_cpp_python": _version("llama_cpp_python"),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -384,6 +393,7 @@ def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama
     if n_threads is None:
         n_threads = available_cores()
     _check_positive(n_threads=n_threads)
+    machine = machine_info(n_threads)
     if isinstance(model, LanguageModel):
         load_s, rss_before = None, None
     else:
@@ -414,7 +424,7 @@ def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama
         m["file_bytes"] = file_bytes
         m["peak_rss_over_file"] = m["peak_rss_bytes"] / file_bytes
 
-    out = {"command": command, "machine": machine_info(n_threads), "model": str(path), "file_bytes": file_bytes,
+    out = {"command": command, "machine": machine, "model": str(path), "file_bytes": file_bytes,
            "n_threads": n_threads, "numerics": numerics, "n_prompt": n_prompt, "n_decode": n_decode, "reps": reps,
            "measurements": [m.summary() for m in results], "ratios": {}, "load": load_times, "memory": memory,
            "startup": None}
@@ -425,6 +435,7 @@ def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama
     if startup:
         out["startup"] = measure_startup(path, numerics, n_threads, reps=min(reps, 3), cold=startup_cold,
                                          vs_llama_cpp=vs_llama_cpp)
+    out["machine"]["load_average_end"] = load_average()
     return out
 
 
@@ -435,6 +446,17 @@ def _mb(n) -> str:
 
 def _s(x) -> str:
     return "-" if x is None else f"{x:.2f} s"
+
+
+def _load_note(mc: dict) -> str:
+    """The load average before the run (the one after includes the run's own threads: JSON only)."""
+    start = mc.get("load_average_start")
+    if start is None:
+        return ""
+    note = f"Load average (1 min) before the run: {start:.2f}"
+    if start >= 1.0:
+        note += " (other work was using about a core or more: figures are noisy, see the min-max ranges)"
+    return note + "."
 
 
 def format_table(result: dict) -> str:
@@ -457,7 +479,7 @@ def format_markdown(result: dict) -> str:
     parts.append(f"{Path(result['model']).name} ({_mb(result['file_bytes'])}), numerics `{result['numerics']}`, "
                  f"{result['n_threads']} threads, median of {result['reps']} reps. Machine: {mc['cpu']}, "
                  f"{mc['n_cores_available']} cores; numba {mc['numba']}, llama-cpp-python "
-                 f"{mc['llama_cpp_python'] or '-'}; {mc['date']}.\n")
+                 f"{mc['llama_cpp_python'] or '-'}; {mc['date']}. {_load_note(mc)}\n")
     parts.append(format_table(result) + "\n")
     lines = ["| engine | load time | peak RSS | RSS before load | peak RSS / file size | RSS at end: anon + file |",
              "|---|---|---|---|---|---|"]

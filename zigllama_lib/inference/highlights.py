@@ -50,7 +50,8 @@ from ..foundation.gguf import GGUFFile
 from ..foundation.threads import available_cores
 from ..linear_algebra import QMatrix, dequantize_reference, matmul
 from ..models.decoder import NUMERICS, Numerics, numerics_named
-from .bench import _bench_prompt, _check_positive, bench_ours, default_numerics, machine_info, rss_now
+from .bench import (_bench_prompt, _check_positive, _load_note, bench_ours, default_numerics, load_average,
+                    machine_info, rss_now)
 
 ROWS = ("kv", "kernels", "memory", "mmap", "batch", "combined")
 
@@ -336,6 +337,7 @@ def run(model, n_threads: int | None = None, numerics: str | None = None, only=R
     numerics_named(numerics)
     _check_positive(n_kv=n_kv, n_naive=n_naive, n_prompt=n_prompt, n_decode=n_decode, reps=reps)
     n_threads = n_threads or available_cores()
+    machine = machine_info(n_threads)
     if not isinstance(model, LanguageModel):
         model = load(model, n_threads=n_threads, numerics=numerics, progress=False)
     rows = {}
@@ -356,7 +358,8 @@ def run(model, n_threads: int | None = None, numerics: str | None = None, only=R
     for key, r in rows.items():
         r["seed_claim"] = SEED_CLAIMS[key]
         r["command"] = row_command(key) if row_command else None
-    return {"command": command, "machine": machine_info(n_threads), "model": str(model.path), "numerics": numerics,
+    machine["load_average_end"] = load_average()
+    return {"command": command, "machine": machine, "model": str(model.path), "numerics": numerics,
             "n_threads": n_threads, "reps": reps, "rows": rows}
 
 
@@ -404,7 +407,7 @@ def format_markdown(result: dict) -> str:
         parts.append(f"```\n{result['command']}\n```\n")
     parts.append(f"{Path(result['model']).name}, numerics `{result['numerics']}`, {result['n_threads']} threads, "
                  f"median of {result['reps']} reps. Machine: {mc['cpu']}, {mc['n_cores_available']} cores; "
-                 f"numba {mc['numba']}; {mc['date']}.\n")
+                 f"numba {mc['numba']}; {mc['date']}. {_load_note(mc)}\n")
     names = {"kv": "KV cache", "kernels": "Numba kernels", "memory": "Quantised weights", "mmap": "Memory mapping",
              "batch": "Batched tokens", "combined": "Combined"}
     lines = ["| optimisation | what we measured | ours | seed's claim | command |", "|---|---|---|---|---|"]
