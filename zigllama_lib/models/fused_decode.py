@@ -8,12 +8,12 @@ Here every layer of a decode step runs inside one Numba function::
 
     for each layer:                                     # h: (d_model,) float32
         x = rms_norm(h) * attn_norm;  xq = Q8_1(x)      # quantised once for q, k and v
-        q, k, v = Wq xq, Wk xq, Wv xq                   # 3 parallel regions
+        q, k, v = Wq xq, Wk xq, Wv xq                   # 1 parallel region
         q, k = rope(q), rope(k);  cache[pos] = f16(k), f16(v)
         a = attention(q, cache[:pos+1])                 # parallel over heads
         h += Wo Q8_1(a)                                 # 1 parallel region
         x = rms_norm(h) * ffn_norm;  xq = Q8_1(x)
-        h += Wdown Q8_1(swiglu(Wgate xq, Wup xq))       # 3 parallel regions
+        h += Wdown Q8_1(swiglu(Wgate xq, Wup xq))       # 2 parallel regions
 
 with the same operations, in the same order, as the generic path with
 ``numerics="llama.cpp"`` (ggml's roundings, from :mod:`..linear_algebra.ggml_simd`,
@@ -77,6 +77,44 @@ def _matvec(addr, stride, q4_1, n_out, xq, xd, xs, out):
             out[r] = dot_q4_1_q8_1(addr + r * stride, xa, xda, xsa, nb)
         else:
             out[r] = dot_q8_0_q8_0(addr + r * stride, xa, xda, nb)
+
+
+@njit(cache=True, inline="always")
+def _dot(addr, q4_1, xa, xda, xsa, nb):
+    if q4_1:
+        return dot_q4_1_q8_1(addr, xa, xda, xsa, nb)
+    return dot_q8_0_q8_0(addr, xa, xda, nb)
+
+
+@njit(cache=True, parallel=True)
+def _qkv(a, st, q41, dq, dkv, xq, xd, xs, q, k, v):
+    """q, k and v from one quantised x in one parallel region (rows of the three matrices in turn)."""
+    nb = xd.shape[0]
+    xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
+    for r in prange(dq + 2 * dkv):
+        if r < dq:
+            q[r] = _dot(a[WQ] + r * st[WQ], q41[WQ], xa, xda, xsa, nb)
+        elif r < dq + dkv:
+            k[r - dq] = _dot(a[WK] + (r - dq) * st[WK], q41[WK], xa, xda, xsa, nb)
+        else:
+            v[r - dq - dkv] = _dot(a[WV] + (r - dq - dkv) * st[WV], q41[WV], xa, xda, xsa, nb)
+
+
+@njit(cache=True, parallel=True)
+def _gate_up_swiglu(a, st, q41, d_ff, xq, xd, xs, hidden):
+    """``hidden[r] = silu(gate_r . x) * (up_r . x)`` in one parallel region: ggml_vec_swiglu_f32's
+    element ``r`` (v_silu in the chunks of 8, the libm silu in the tail) right after its two dots."""
+    nb = xd.shape[0]
+    xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
+    n8 = d_ff - d_ff % 8
+    for r in prange(d_ff):
+        g = _dot(a[WGATE] + r * st[WGATE], q41[WGATE], xa, xda, xsa, nb)
+        u = _dot(a[WUP] + r * st[WUP], q41[WUP], xa, xda, xsa, nb)
+        if r < n8:
+            tmp_f = np.empty(1, np.float32)
+            hidden[r] = _v_silu(g, tmp_f, tmp_f.view(np.uint32)) * u
+        else:
+            hidden[r] = _silu_scalar(g) * u
 
 
 @njit(cache=True, inline="always")
@@ -188,19 +226,6 @@ def _attention(q, kc, vc, n_head, n_kv_head, n_kv, scale, out):
         _attend_head(q, h, kc, vc, h // group, n_kv, scale, out)
 
 
-@njit(cache=True, inline="always")
-def _swiglu(gate, up, out):
-    """ggml_vec_swiglu_f32: chunks of 8 with ggml_v_silu, the tail with ggml_silu_f32."""
-    n = gate.shape[0]
-    n8 = n - n % 8
-    tmp_f = np.empty(1, np.float32)
-    tmp_u = tmp_f.view(np.uint32)
-    for i in range(n8):
-        out[i] = _v_silu(gate[i], tmp_f, tmp_u) * up[i]
-    for i in range(n8, n):
-        out[i] = _silu_scalar(gate[i]) * up[i]
-
-
 @njit(cache=True)
 def _decode_layers(h, pos, addr, stride, q4_1, n_rows, attn_norm, ffn_norm, eps, k_cache, v_cache,
                    n_head, n_kv_head, head_dim, n_rot, neox, theta_scale, freq_scale, scale):
@@ -222,8 +247,6 @@ def _decode_layers(h, pos, addr, stride, q4_1, n_rows, attn_norm, ffn_norm, eps,
     k = np.empty(dkv, np.float32)
     v = np.empty(dkv, np.float32)
     att = np.empty(dq, np.float32)
-    gate = np.empty(d_ff, np.float32)
-    up = np.empty(d_ff, np.float32)
     hidden = np.empty(d_ff, np.float32)
     y = np.empty(d_model, np.float32)
     cos_c = np.empty((1, n_rot // 2), np.float32)
@@ -235,9 +258,7 @@ def _decode_layers(h, pos, addr, stride, q4_1, n_rows, attn_norm, ffn_norm, eps,
         # -- attention
         _rms_norm(h, attn_norm[layer], eps, x[:d_model])
         _quantize(x[:d_model], xq[:d_model], xd[:nbm], xs[:nbm])
-        _matvec(a[WQ], st[WQ], q41[WQ], dq, xq[:d_model], xd[:nbm], xs[:nbm], q)
-        _matvec(a[WK], st[WK], q41[WK], dkv, xq[:d_model], xd[:nbm], xs[:nbm], k)
-        _matvec(a[WV], st[WV], q41[WV], dkv, xq[:d_model], xd[:nbm], xs[:nbm], v)
+        _qkv(a, st, q41, dq, dkv, xq[:d_model], xd[:nbm], xs[:nbm], q, k, v)
         _rope_cache(positions, n_rot // 2, theta_scale[layer], freq_scale, cos_c, sin_c)
         _rope(q, n_head, head_dim, n_rot, neox, cos_c, sin_c)
         _rope(k, n_kv_head, head_dim, n_rot, neox, cos_c, sin_c)
@@ -253,9 +274,7 @@ def _decode_layers(h, pos, addr, stride, q4_1, n_rows, attn_norm, ffn_norm, eps,
         # -- feed-forward
         _rms_norm(h, ffn_norm[layer], eps, x[:d_model])
         _quantize(x[:d_model], xq[:d_model], xd[:nbm], xs[:nbm])
-        _matvec(a[WGATE], st[WGATE], q41[WGATE], d_ff, xq[:d_model], xd[:nbm], xs[:nbm], gate)
-        _matvec(a[WUP], st[WUP], q41[WUP], d_ff, xq[:d_model], xd[:nbm], xs[:nbm], up)
-        _swiglu(gate, up, hidden)
+        _gate_up_swiglu(a, st, q41, d_ff, xq[:d_model], xd[:nbm], xs[:nbm], hidden)
         _quantize(hidden, xq[:d_ff], xd[:nbf], xs[:nbf])
         _matvec(a[WDOWN], st[WDOWN], q41[WDOWN], d_model, xq[:d_ff], xd[:nbf], xs[:nbf], y)
         for i in range(d_model):
