@@ -138,3 +138,20 @@ def test_attention_dots_in_simd_are_the_scalar_references(n):
         both(a, b, n, out)
         assert out[0].view(np.int32) == out[1].view(np.int32)
         assert out[2].view(np.int32) == out[3].view(np.int32)
+
+
+def test_hardware_f16_rounding_is_numpy_and_round_f16():
+    from zigllama_lib.linear_algebra.half import to_f16_array
+    from zigllama_lib.linear_algebra.q8 import round_f16
+
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(300_000) * 10.0 ** rng.integers(-10, 6, 300_000)).astype(np.float32)
+    x[:6] = [65504.0, 65519.99, 65520.0, 6.1e-5, 2.0 ** -25, -(2.0 ** -24) * 1.5]  # max, overflow edge, subnormals
+    ours = np.empty_like(x)
+    with np.errstate(over="ignore"):
+        to_f16_array(x, ours)
+        want = x.astype(np.float16).astype(np.float32)
+    assert np.array_equal(ours.view(np.int32), want.view(np.int32))
+    sample = x[::97]
+    assert np.array_equal(np.array([round_f16(v) for v in sample], np.float32).view(np.int32),
+                          ours[::97].view(np.int32))

@@ -40,6 +40,7 @@ from ..foundation.errors import ConfigError
 from ..foundation.ggml_types import GGMLType
 from .legacy import SIZEOF_BLOCK_Q4_1, SIZEOF_BLOCK_Q8_0
 from .matmul import QMatrix
+from .half import f16_bits_to_f32, f32_to_f16_bits  # noqa: F401  (re-exported for the fused step)
 from .q8 import quantize_q8_32_planes
 
 SUPPORTED = (GGMLType.Q4_1, GGMLType.Q8_0)
@@ -322,29 +323,6 @@ def matmul_simd(w: QMatrix, x: np.ndarray) -> np.ndarray:
     planes = quantize_activations(w.qtype, np.ascontiguousarray(x.reshape(-1, w.n_in)))
     out = matmul_q8_planes(w, *planes)
     return out[0] if vector else out
-
-
-# -- float16 <-> float32, for float16 caches read and written inside compiled code --------
-@intrinsic
-def f16_bits_to_f32(typingctx, bits):
-    """The float32 value of float16 bits (``uint16``): ``vcvtph2ps``, exact."""
-    sig = types.float32(types.uint16)
-
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], F16), F32)
-
-    return sig, codegen
-
-
-@intrinsic
-def f32_to_f16_bits(typingctx, value):
-    """float32 -> the bits of the nearest float16 (ties to even, as numpy and F16C round)."""
-    sig = types.uint16(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], F16), I16)
-
-    return sig, codegen
 
 
 # -- float32 dot products in ggml's lane orders (attention over a float16 cache) ---------

@@ -35,6 +35,7 @@ from numba import njit, prange
 
 from ..foundation.errors import ConfigError
 from ..foundation.ggml_types import QK_K
+from .half import to_f16
 
 QK8_0 = QK8_1 = 32
 SIZEOF_BLOCK_Q8_0 = 2 + QK8_0
@@ -207,9 +208,9 @@ def _q8_32_token(x, t, x86, with_sum, K, xT, xd, xs):
             qi = np.int32(np.rint(v)) if x86 else np.int32(_roundf(v))
             xT[t, j // K, ib * K + j % K] = qi
             s += qi
-        xd[t, ib] = round_f16(d)
+        xd[t, ib] = to_f16(d)  # = round_f16(d), in one instruction
         if with_sum:
-            xs[t, ib] = round_f16(np.float32(s) * d)
+            xs[t, ib] = to_f16(np.float32(s) * d)
 
 
 @njit(cache=True)

@@ -33,7 +33,8 @@ from ..foundation.ggml_types import GGMLType
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
 from ..linear_algebra.ggml_simd import (SUPPORTED as SIMD_TYPES, dot_f32_ggml_f16, dot_q4_1_q8_1, dot_q8_0_q8_0,
                                         f16_bits_to_f32, f32_to_f16_bits, matmul_simd)
-from ..linear_algebra.q8 import _q8_32_token, round_f16
+from ..linear_algebra.half import to_f16
+from ..linear_algebra.q8 import _q8_32_token
 from ..neural_primitives.ggml_math import _rms_norm_kernel, _rope_cache, _silu_scalar, _v_expf, _v_silu, rms_norm_ggml
 from ..transformer.attention_ggml import KV_PAD
 
@@ -168,7 +169,7 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, scale, out):
     n_cols = -(-n_kv // KV_PAD) * KV_PAD
     q16 = np.empty(d, np.float32)
     for j in range(d):
-        q16[j] = round_f16(q[h * d + j])
+        q16[j] = to_f16(q[h * d + j])
     d32 = d - d % 32
     w = np.empty(n_kv, np.float32)
     krow = np.empty(d, np.float32)
@@ -199,7 +200,7 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, scale, out):
         total += np.float64(hsum8(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
     inv = np.float32(1.0 / total)
     for c in range(n_kv):
-        p[c] = round_f16(p[c] * inv)
+        p[c] = to_f16(p[c] * inv)
     # KQV: out[j] = ggml_vec_dot_f16(n_cols, v^T[j], p), cell c in slot c % 32; slot-major accumulators
     acc2 = np.zeros((32, d_v), np.float32)
     for c in range(n_kv):

@@ -35,7 +35,7 @@ from numba import njit, prange
 
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
 from ..linear_algebra.ggml_simd import dot_f32_ggml_f16, dot_f32_lanes8
-from ..linear_algebra.q8 import round_f16
+from ..linear_algebra.half import to_f16
 from ..neural_primitives.ggml_math import _v_expf
 
 KV_PAD = 256
@@ -132,7 +132,7 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, out):
         inv = np.float32(1.0 / total)
         for c in range(n_cols):
             pc = p[c] * inv
-            p[c] = round_f16(pc)  # KQV's src1 converted to float16 (F16C, nearest even)
+            p[c] = to_f16(pc)  # KQV's src1 converted to float16 (F16C, nearest even)
         for j in range(d_v):
             vrow = vt[kvh, j]
             if decode:
