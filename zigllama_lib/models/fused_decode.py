@@ -108,14 +108,14 @@ def _gate_up_swiglu(a, st, q41, d_ff, xq, xd, xs, hidden):
     nb = xd.shape[0]
     xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
     n8 = d_ff - d_ff % 8
-    for r in prange(d_ff):
-        g = _dot(a[WGATE] + r * st[WGATE], q41[WGATE], xa, xda, xsa, nb)
-        u = _dot(a[WUP] + r * st[WUP], q41[WUP], xa, xda, xsa, nb)
-        if r < n8:
-            tmp_f = np.empty(1, np.float32)
-            hidden[r] = _v_silu(g, tmp_f, tmp_f.view(np.uint32)) * u
-        else:
-            hidden[r] = _silu_scalar(g) * u
+    rows = 64  # rows per parallel job (one scratch allocation each)
+    for job in prange(-(-d_ff // rows)):
+        tmp_f = np.empty(1, np.float32)
+        tmp_u = tmp_f.view(np.uint32)
+        for r in range(job * rows, min(d_ff, (job + 1) * rows)):
+            g = _dot(a[WGATE] + r * st[WGATE], q41[WGATE], xa, xda, xsa, nb)
+            u = _dot(a[WUP] + r * st[WUP], q41[WUP], xa, xda, xsa, nb)
+            hidden[r] = (_v_silu(g, tmp_f, tmp_u) if r < n8 else _silu_scalar(g)) * u
 
 
 @njit(cache=True, inline="always")
