@@ -183,66 +183,77 @@ def dot_q8_0_q8_0(typingctx, w_addr, x_addr, xd_addr, nb):
 
 
 TOKENS_PER_PASS = 4  # prefill: tokens that share one unpacking of a weight block
+ROWS_PER_PASS = 2  # decode: rows whose FMA chains interleave, sharing the activation loads
 
 
 @intrinsic
-def dot4_rows(typingctx, q4_1, w_addr, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb, out_addr, out_stride):
-    """One weight row times :data:`TOKENS_PER_PASS` tokens (prefill): each block's weights are loaded
-    and unpacked once and used four times. Token ``t``'s result -- the same float as
-    ``dot_q4_1_q8_1`` / ``dot_q8_0_q8_0`` of that token -- goes to ``out_addr + t * out_stride``.
+def dot_tile(typingctx, q4_1, n_rows, n_tok, w_addr, w_stride, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb,
+             out_addr, out_row_stride, out_tok_stride):
+    """``n_rows`` weight rows times ``n_tok`` tokens in one pass over the blocks: each block's weights
+    are unpacked once per row and each token's quants loaded once per block, then every (row,
+    token) pair runs the very operations of ``dot_q4_1_q8_1`` / ``dot_q8_0_q8_0`` -- the same floats,
+    with independent FMA chains the CPU overlaps. Result (row i, token t) goes to
+    ``out_addr + i * out_row_stride + t * out_tok_stride``.
 
-    ``q4_1`` must be a compile-time literal: True (Q4_1 x Q8_1) or False (Q8_0 x Q8_0). Token
-    ``t``'s quants are at ``x_addr + t * x_stride``, its scales at ``xd_addr / xs_addr + t * s_stride``.
+    ``q4_1`` (True: Q4_1 x Q8_1, False: Q8_0 x Q8_0), ``n_rows`` and ``n_tok`` must be literals.
+    Row ``i`` starts at ``w_addr + i * w_stride``; token ``t``'s quants at ``x_addr + t * x_stride``,
+    its scales at ``xd_addr / xs_addr + t * s_stride``.
     """
     from numba.core.errors import TypingError
 
-    if not isinstance(q4_1, types.BooleanLiteral):
-        raise TypingError("dot4_rows: q4_1 must be a literal True or False")
-    is_q4_1 = q4_1.literal_value
+    for name, arg, kind in (("q4_1", q4_1, types.BooleanLiteral), ("n_rows", n_rows, types.IntegerLiteral),
+                            ("n_tok", n_tok, types.IntegerLiteral)):
+        if not isinstance(arg, kind):
+            raise TypingError(f"dot_tile: {name} must be a literal")
+    is_q4_1, n_r, n_t = q4_1.literal_value, n_rows.literal_value, n_tok.literal_value
     i64 = types.int64
-    sig = types.none(q4_1, i64, i64, i64, i64, i64, i64, i64, i64, i64)
+    sig = types.none(q4_1, n_rows, n_tok, *([i64] * 11))
 
     def codegen(context, builder, signature, args):
-        _, w_addr, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb, out_addr, out_stride = args
+        (_, _, _, w_addr, w_stride, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb,
+         out_addr, out_row_stride, out_tok_stride) = args
         v8f = _vec(F32, 8)
-        n = TOKENS_PER_PASS
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(n)]
-        summs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n)]
-        tok = [ir.Constant(I64, t) for t in range(n)]
+        pairs = [(i, t) for i in range(n_r) for t in range(n_t)]
+        accs = {p: cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for p in pairs}
+        summs = {p: cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for p in pairs}
+        const = lambda v: ir.Constant(I64, v)  # noqa: E731
         with cgutils.for_range(builder, nb) as loop:
             b = loop.index
-            b4 = builder.mul(b, ir.Constant(I64, 4))
-            b32 = builder.mul(b, ir.Constant(I64, 32))
-            if is_q4_1:
-                blk = builder.add(w_addr, builder.mul(b, ir.Constant(I64, SIZEOF_BLOCK_Q4_1)))
-                d_w = builder.fpext(_load(builder, F16, blk), F32)
-                m_w = builder.fpext(_load(builder, F16, blk, 2), F32)
-                qs = _load(builder, _vec(I8, 16), blk, 4)
-                qx = builder.shuffle_vector(builder.and_(qs, _splat(I8, 16, 15)), builder.lshr(qs, _splat(I8, 16, 4)),
-                                            _indices(range(32)))
-            else:
-                blk = builder.add(w_addr, builder.mul(b, ir.Constant(I64, SIZEOF_BLOCK_Q8_0)))
-                d_w = builder.fpext(_load(builder, F16, blk), F32)
-                qw = _load(builder, _vec(I8, 32), blk, 2)
-                negative = builder.icmp_signed("<", qw, _splat(I8, 32, 0))
-                qx = builder.select(negative, builder.neg(qw), qw)
-            for t in range(n):
-                xa = builder.add(x_addr, builder.mul(tok[t], x_stride))
-                sa = builder.mul(tok[t], s_stride)
-                qy = _load(builder, _vec(I8, 32), xa, b32)
-                if not is_q4_1:
-                    qy = builder.select(negative, builder.neg(qy), qy)
-                d_x = _load(builder, F32, builder.add(xd_addr, sa), b4, 4)
+            b4, b32 = builder.mul(b, const(4)), builder.mul(b, const(32))
+            rows = []  # per row: (d_w, m_w, unsigned quants, negative mask)
+            for i in range(n_r):
+                row = builder.add(w_addr, builder.mul(const(i), w_stride))
                 if is_q4_1:
-                    s_x = _load(builder, F32, builder.add(xs_addr, sa), b4, 4)
-                    builder.store(builder.fadd(builder.load(summs[t]), builder.fmul(m_w, s_x)), summs[t])
-                acc = _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, qy), builder.load(accs[t]))
-                builder.store(acc, accs[t])
-        for t in range(n):
-            total = _hsum8(builder, builder.load(accs[t]))
+                    blk = builder.add(row, builder.mul(b, const(SIZEOF_BLOCK_Q4_1)))
+                    qs = _load(builder, _vec(I8, 16), blk, 4)
+                    qx = builder.shuffle_vector(builder.and_(qs, _splat(I8, 16, 15)),
+                                                builder.lshr(qs, _splat(I8, 16, 4)), _indices(range(32)))
+                    rows.append((builder.fpext(_load(builder, F16, blk), F32),
+                                 builder.fpext(_load(builder, F16, blk, 2), F32), qx, None))
+                else:
+                    blk = builder.add(row, builder.mul(b, const(SIZEOF_BLOCK_Q8_0)))
+                    qw = _load(builder, _vec(I8, 32), blk, 2)
+                    negative = builder.icmp_signed("<", qw, _splat(I8, 32, 0))
+                    rows.append((builder.fpext(_load(builder, F16, blk), F32), None,
+                                 builder.select(negative, builder.neg(qw), qw), negative))
+            for t in range(n_t):
+                qy = _load(builder, _vec(I8, 32), builder.add(x_addr, builder.mul(const(t), x_stride)), b32)
+                sa = builder.mul(const(t), s_stride)
+                d_x = _load(builder, F32, builder.add(xd_addr, sa), b4, 4)
+                s_x = _load(builder, F32, builder.add(xs_addr, sa), b4, 4) if is_q4_1 else None
+                for i, (d_w, m_w, qx, negative) in enumerate(rows):
+                    y = qy if negative is None else builder.select(negative, builder.neg(qy), qy)
+                    if is_q4_1:
+                        builder.store(builder.fadd(builder.load(summs[i, t]), builder.fmul(m_w, s_x)), summs[i, t])
+                    acc = _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, y),
+                                     builder.load(accs[i, t]))
+                    builder.store(acc, accs[i, t])
+        for i, t in pairs:
+            total = _hsum8(builder, builder.load(accs[i, t]))
             if is_q4_1:
-                total = builder.fadd(total, builder.load(summs[t]))
-            dst = builder.add(out_addr, builder.mul(tok[t], out_stride))
+                total = builder.fadd(total, builder.load(summs[i, t]))
+            dst = builder.add(out_addr, builder.add(builder.mul(const(i), out_row_stride),
+                                                    builder.mul(const(t), out_tok_stride)))
             builder.store(total, builder.inttoptr(dst, F32.as_pointer()), align=4)
         return context.get_dummy_value()
 
@@ -252,18 +263,17 @@ def dot4_rows(typingctx, q4_1, w_addr, x_addr, x_stride, xd_addr, xs_addr, s_str
 # -- matrix products --------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _row_times_tokens(w0, row_stride, r, q4_1, xq, xd, xs, out):
-    """Row ``r`` times every token: four at a time (``dot4_rows``), the rest one by one."""
+    """Row ``r`` times every token: four at a time (``dot_tile``), the rest one by one."""
     nb = xd.shape[1]
     w = w0 + r * row_stride
     n_tok = xq.shape[0]
-    n4 = n_tok - n_tok % TOKENS_PER_PASS
-    for t in range(0, n4, TOKENS_PER_PASS):
+    n4 = n_tok - n_tok % 4  # TOKENS_PER_PASS (a literal for dot_tile)
+    for t in range(0, n4, 4):
+        xa, xda, xsa, oa = xq[t].ctypes.data, xd[t].ctypes.data, xs[t].ctypes.data, out[t, r:].ctypes.data
         if q4_1:
-            dot4_rows(True, w, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xs[t].ctypes.data, xd.strides[0],
-                      nb, out[t, r:].ctypes.data, out.strides[0])
+            dot_tile(True, 1, 4, w, row_stride, xa, xq.strides[0], xda, xsa, xd.strides[0], nb, oa, 4, out.strides[0])
         else:
-            dot4_rows(False, w, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xs[t].ctypes.data, xd.strides[0],
-                      nb, out[t, r:].ctypes.data, out.strides[0])
+            dot_tile(False, 1, 4, w, row_stride, xa, xq.strides[0], xda, xsa, xd.strides[0], nb, oa, 4, out.strides[0])
     for t in range(n4, n_tok):
         if q4_1:
             out[t, r] = dot_q4_1_q8_1(w, xq[t].ctypes.data, xd[t].ctypes.data, xs[t].ctypes.data, nb)
