@@ -18,10 +18,20 @@ from zigllama_lib.linear_algebra.q8 import quantize_q8_0, quantize_q8_1
 from test_ggml_exact import _random_qmatrix, ggml_cpu  # noqa: F401  (a fixture)
 
 
+def _random_q5_0(n_out: int, n_in: int, rng) -> QMatrix:
+    nb = n_in // 32
+    blk = np.empty((n_out * nb, 22), np.uint8)
+    blk[:, 0:2] = (rng.uniform(0.001, 0.05, n_out * nb).astype(np.float16)).view(np.uint8).reshape(-1, 2)
+    blk[:, 2:] = rng.integers(0, 256, (n_out * nb, 20), dtype=np.uint8)  # qh (32 high bits), qs
+    return QMatrix(blk.reshape(n_out, -1), GGMLType.Q5_0, n_in)
+
+
 def _ggml_vec_dot(ggml_cpu, w: QMatrix, x: np.ndarray) -> np.ndarray:
-    """llama.cpp's ggml_vec_dot_{q4_1_q8_1,q8_0_q8_0} of every row and token, through ctypes."""
+    """llama.cpp's ggml_vec_dot_{q4_1_q8_1,q8_0_q8_0,q5_0_q8_0} of every row and token, through ctypes."""
     if w.qtype == GGMLType.Q4_1:
         f, xb = ggml_cpu.ggml_vec_dot_q4_1_q8_1, quantize_q8_1(x, variant="x86")
+    elif w.qtype == GGMLType.Q5_0:
+        f, xb = ggml_cpu.ggml_vec_dot_q5_0_q8_0, quantize_q8_0(x, variant="x86")
     else:
         f, xb = ggml_cpu.ggml_vec_dot_q8_0_q8_0, quantize_q8_0(x, variant="x86")
     P = ctypes.c_void_p
@@ -38,11 +48,14 @@ def _ggml_vec_dot(ggml_cpu, w: QMatrix, x: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0])
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0])
 @pytest.mark.parametrize("n_tok", [1, 3, 6])
 def test_matmul_simd_is_ggml_bit_for_bit(qtype, n_tok, ggml_cpu):
     rng = np.random.default_rng(10 + n_tok)
-    w = _random_qmatrix(qtype, 200, 1536, rng)  # 200 rows: not a multiple of any vector width
+    if qtype == GGMLType.Q5_0:
+        w = _random_q5_0(200, 1536, rng)
+    else:
+        w = _random_qmatrix(qtype, 200, 1536, rng)  # 200 rows: not a multiple of any vector width
     x = (rng.standard_normal((n_tok, w.n_in)) * rng.uniform(0.01, 30, (n_tok, 1))).astype(np.float32)
     ours = ggml_simd.matmul_simd(w, x)
     ref = _ggml_vec_dot(ggml_cpu, w, x)
@@ -96,6 +109,14 @@ def test_matmul_simd_rejects_what_it_cannot_do():
     q4_0 = QMatrix(np.zeros((8, 2 * 18), np.uint8), GGMLType.Q4_0, 64)
     with pytest.raises(ConfigError, match="Q4_0"):
         ggml_simd.matmul_simd(q4_0, np.zeros(64, np.float32))
+
+
+def test_q5_0_simd_is_a_matrix_product_of_the_dequantised_weights():
+    rng = np.random.default_rng(12)
+    w = _random_q5_0(64, 256, rng)
+    x = rng.standard_normal((5, 256)).astype(np.float32)
+    exact = x.astype(np.float64) @ w.dequantize().astype(np.float64).T
+    assert np.abs(ggml_simd.matmul_simd(w, x) - exact).max() <= 2e-2 * np.abs(exact).max()
 
 
 def test_hardware_fma_is_the_software_fma():

@@ -38,12 +38,15 @@ from numba.extending import intrinsic
 
 from ..foundation.errors import ConfigError
 from ..foundation.ggml_types import GGMLType
-from .legacy import SIZEOF_BLOCK_Q4_1, SIZEOF_BLOCK_Q8_0
+from .legacy import SIZEOF_BLOCK_Q4_1, SIZEOF_BLOCK_Q5_0, SIZEOF_BLOCK_Q8_0
 from .matmul import QMatrix
 from .half import f16_bits_to_f32, f32_to_f16_bits  # noqa: F401  (re-exported for the fused step)
 from .q8 import quantize_q8_32_planes
 
-SUPPORTED = (GGMLType.Q4_1, GGMLType.Q8_0)
+SUPPORTED = (GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0)
+# weight kinds of dot_tile (a literal): the block layout and the activations' Q8 type
+KIND_Q8_0, KIND_Q4_1, KIND_Q5_0 = 0, 1, 2
+KIND = {GGMLType.Q8_0: KIND_Q8_0, GGMLType.Q4_1: KIND_Q4_1, GGMLType.Q5_0: KIND_Q5_0}
 HAS_AVX2 = "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
 
 I8, I16, I32, I64, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.HalfType(), ir.FloatType()
@@ -187,7 +190,7 @@ ROWS_PER_PASS = 2  # decode: rows whose FMA chains interleave, sharing the activ
 
 
 @intrinsic
-def dot_tile(typingctx, q4_1, n_rows, n_tok, w_addr, w_stride, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb,
+def dot_tile(typingctx, kind, n_rows, n_tok, w_addr, w_stride, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb,
              out_addr, out_row_stride, out_tok_stride):
     """``n_rows`` weight rows times ``n_tok`` tokens in one pass over the blocks: each block's weights
     are unpacked once per row and each token's quants loaded once per block, then every (row,
@@ -195,19 +198,21 @@ def dot_tile(typingctx, q4_1, n_rows, n_tok, w_addr, w_stride, x_addr, x_stride,
     with independent FMA chains the CPU overlaps. Result (row i, token t) goes to
     ``out_addr + i * out_row_stride + t * out_tok_stride``.
 
-    ``q4_1`` (True: Q4_1 x Q8_1, False: Q8_0 x Q8_0), ``n_rows`` and ``n_tok`` must be literals.
+    ``kind`` (:data:`KIND_Q4_1`: Q4_1 x Q8_1; :data:`KIND_Q8_0`: Q8_0 x Q8_0; :data:`KIND_Q5_0`: Q5_0 x Q8_0,
+    whose 5-bit weights ggml's AVX2 code forms as ``nibble | (0xF0 unless the high bit is set)``,
+    i.e. ``q - 16`` as int8, then treats like Q8_0's), ``n_rows`` and ``n_tok`` must be literals.
     Row ``i`` starts at ``w_addr + i * w_stride``; token ``t``'s quants at ``x_addr + t * x_stride``,
     its scales at ``xd_addr / xs_addr + t * s_stride``.
     """
     from numba.core.errors import TypingError
 
-    for name, arg, kind in (("q4_1", q4_1, types.BooleanLiteral), ("n_rows", n_rows, types.IntegerLiteral),
-                            ("n_tok", n_tok, types.IntegerLiteral)):
-        if not isinstance(arg, kind):
-            raise TypingError(f"dot_tile: {name} must be a literal")
-    is_q4_1, n_r, n_t = q4_1.literal_value, n_rows.literal_value, n_tok.literal_value
+    for name, arg in (("kind", kind), ("n_rows", n_rows), ("n_tok", n_tok)):
+        if not isinstance(arg, types.IntegerLiteral):
+            raise TypingError(f"dot_tile: {name} must be an integer literal")
+    w_kind, n_r, n_t = kind.literal_value, n_rows.literal_value, n_tok.literal_value
+    is_q4_1 = w_kind == KIND_Q4_1
     i64 = types.int64
-    sig = types.none(q4_1, n_rows, n_tok, *([i64] * 11))
+    sig = types.none(kind, n_rows, n_tok, *([i64] * 11))
 
     def codegen(context, builder, signature, args):
         (_, _, _, w_addr, w_stride, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb,
@@ -231,8 +236,16 @@ def dot_tile(typingctx, q4_1, n_rows, n_tok, w_addr, w_stride, x_addr, x_stride,
                     rows.append((builder.fpext(_load(builder, F16, blk), F32),
                                  builder.fpext(_load(builder, F16, blk, 2), F32), qx, None))
                 else:
-                    blk = builder.add(row, builder.mul(b, const(SIZEOF_BLOCK_Q8_0)))
-                    qw = _load(builder, _vec(I8, 32), blk, 2)
+                    if w_kind == KIND_Q8_0:
+                        blk = builder.add(row, builder.mul(b, const(SIZEOF_BLOCK_Q8_0)))
+                        qw = _load(builder, _vec(I8, 32), blk, 2)
+                    else:  # Q5_0: d, qh (32 high bits), qs (nibbles)
+                        blk = builder.add(row, builder.mul(b, const(SIZEOF_BLOCK_Q5_0)))
+                        qs = _load(builder, _vec(I8, 16), blk, 6)
+                        nibbles = builder.shuffle_vector(builder.and_(qs, _splat(I8, 16, 15)),
+                                                         builder.lshr(qs, _splat(I8, 16, 4)), _indices(range(32)))
+                        high = builder.bitcast(_load(builder, I32, blk, 2), _vec(ir.IntType(1), 32))  # bit j -> j
+                        qw = builder.or_(nibbles, builder.select(high, _splat(I8, 32, 0), _splat(I8, 32, 0xF0)))
                     negative = builder.icmp_signed("<", qw, _splat(I8, 32, 0))
                     rows.append((builder.fpext(_load(builder, F16, blk), F32), None,
                                  builder.select(negative, builder.neg(qw), qw), negative))
@@ -262,42 +275,57 @@ def dot_tile(typingctx, q4_1, n_rows, n_tok, w_addr, w_stride, x_addr, x_stride,
 
 # -- matrix products --------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _row_times_tokens(w0, row_stride, r, q4_1, xq, xd, xs, out):
+def _tile(kind, n_rows, n_tok, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok):
+    """``dot_tile`` with ``kind`` from a run-time value (each branch passes a literal)."""
+    if kind == KIND_Q4_1:
+        if n_tok == 4:
+            dot_tile(1, 1, 4, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
+        else:
+            dot_tile(1, 1, 1, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
+    elif kind == KIND_Q8_0:
+        if n_tok == 4:
+            dot_tile(0, 1, 4, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
+        else:
+            dot_tile(0, 1, 1, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
+    else:
+        if n_tok == 4:
+            dot_tile(2, 1, 4, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
+        else:
+            dot_tile(2, 1, 1, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
+
+
+@njit(cache=True, inline="always")
+def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
     """Row ``r`` times every token: four at a time (``dot_tile``), the rest one by one."""
     nb = xd.shape[1]
     w = w0 + r * row_stride
     n_tok = xq.shape[0]
-    n4 = n_tok - n_tok % 4  # TOKENS_PER_PASS (a literal for dot_tile)
-    for t in range(0, n4, 4):
-        xa, xda, xsa, oa = xq[t].ctypes.data, xd[t].ctypes.data, xs[t].ctypes.data, out[t, r:].ctypes.data
-        if q4_1:
-            dot_tile(True, 1, 4, w, row_stride, xa, xq.strides[0], xda, xsa, xd.strides[0], nb, oa, 4, out.strides[0])
-        else:
-            dot_tile(False, 1, 4, w, row_stride, xa, xq.strides[0], xda, xsa, xd.strides[0], nb, oa, 4, out.strides[0])
-    for t in range(n4, n_tok):
-        if q4_1:
-            out[t, r] = dot_q4_1_q8_1(w, xq[t].ctypes.data, xd[t].ctypes.data, xs[t].ctypes.data, nb)
-        else:
-            out[t, r] = dot_q8_0_q8_0(w, xq[t].ctypes.data, xd[t].ctypes.data, nb)
+    n4 = n_tok - n_tok % TOKENS_PER_PASS
+    for t in range(n_tok):
+        if t < n4 and t % TOKENS_PER_PASS != 0:
+            continue  # done by the pass that started at a multiple of 4
+        step = TOKENS_PER_PASS if t < n4 else 1
+        _tile(kind, 1, step, w, row_stride, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xs[t].ctypes.data,
+              xd.strides[0], nb, out[t, r:].ctypes.data, 4, out.strides[0])
 
 
 @njit(cache=True, parallel=True)
-def _mm_parallel(raw, q4_1, xq, xd, xs, out):
+def _mm_parallel(raw, kind, xq, xd, xs, out):
     """``out (n_tok, n_out)``: every row of ``raw`` (rows outer: a row is read once for all tokens)."""
     w0, row_stride = raw.ctypes.data, raw.strides[0]
     for r in prange(raw.shape[0]):
-        _row_times_tokens(w0, row_stride, r, q4_1, xq, xd, xs, out)
+        _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out)
 
 
 @njit(cache=True)
-def _mm_serial(raw, q4_1, xq, xd, xs, out):
+def _mm_serial(raw, kind, xq, xd, xs, out):
     w0, row_stride = raw.ctypes.data, raw.strides[0]
     for r in range(raw.shape[0]):
-        _row_times_tokens(w0, row_stride, r, q4_1, xq, xd, xs, out)
+        _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out)
 
 
 def quantize_activations(qtype: GGMLType, x: np.ndarray):
-    """The 8-bit activations llama.cpp pairs with ``qtype`` (x86 rounding): Q8_1 for Q4_1, Q8_0 for Q8_0.
+    """The 8-bit activations llama.cpp pairs with ``qtype`` (x86 rounding): Q8_1 for Q4_1, Q8_0 for Q8_0 / Q5_0.
 
     ``x (n_tok, n_in)`` -> ``xq (n_tok, n_in) int8, xd, xs (n_tok, n_in/32) float32`` (``xs`` zeros for Q8_0).
     """
@@ -311,7 +339,7 @@ def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray)
     """``y (n_tok, n_out)`` for activations already quantised by :func:`quantize_activations`."""
     out = np.empty((xq.shape[0], w.n_out), np.float32)
     kernel = _mm_parallel if w.n_out * xq.shape[0] >= 64 else _mm_serial
-    kernel(w.raw, w.qtype == GGMLType.Q4_1, xq, xd, xs, out)
+    kernel(w.raw, KIND[w.qtype], xq, xd, xs, out)
     return out
 
 

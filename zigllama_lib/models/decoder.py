@@ -47,7 +47,7 @@ from ..foundation.errors import ModelError
 from ..foundation.ggml_types import GGMLType
 from ..foundation.gguf import GGUFFile
 from ..linear_algebra import QMatrix, get_rows, matmul
-from ..linear_algebra.ggml_exact import SUPPORTED as GGML_EXACT_TYPES
+from ..linear_algebra.ggml_simd import SUPPORTED as SIMD_TYPES
 from ..linear_algebra.ggml_simd import matmul_simd
 from ..neural_primitives import ACTIVATIONS, apply_rope, rms_norm
 from ..neural_primitives.ggml_math import rms_norm_ggml, rope_ggml, swiglu_ggml
@@ -64,8 +64,8 @@ def _matmul_float(w: QMatrix, x: np.ndarray) -> np.ndarray:
 
 def _matmul_llama_cpp(w: QMatrix, x: np.ndarray) -> np.ndarray:
     """llama.cpp's AVX2 order where we reproduce it bit for bit, its 8-bit rounding elsewhere."""
-    if w.qtype in GGML_EXACT_TYPES:
-        return matmul_simd(w, x)  # ggml_exact.matmul_ggml's bits, in SIMD code
+    if w.qtype in SIMD_TYPES:
+        return matmul_simd(w, x)  # llama.cpp's AVX2 vec_dot, bit for bit (ggml_exact.matmul_ggml's bits for Q4_1/Q8_0)
     return matmul(w, x, "q8_x86")
 
 

@@ -31,13 +31,14 @@ from numba import njit, prange
 
 from ..foundation.ggml_types import GGMLType
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
-from ..linear_algebra.ggml_simd import (SUPPORTED as SIMD_TYPES, dot_f32_ggml_f16, dot_q4_1_q8_1, dot_q8_0_q8_0, dot_tile,
+from ..linear_algebra.ggml_simd import (dot_f32_ggml_f16, dot_q4_1_q8_1, dot_q8_0_q8_0, dot_tile,
                                         f16_bits_to_f32, f32_to_f16_bits, matmul_simd)
 from ..linear_algebra.half import to_f16
 from ..linear_algebra.q8 import _q8_32_token
 from ..neural_primitives.ggml_math import _rms_norm_kernel, _rope_cache, _silu_scalar, _v_expf, _v_silu, rms_norm_ggml
 from ..transformer.attention_ggml import KV_PAD
 
+FUSED_TYPES = (GGMLType.Q4_1, GGMLType.Q8_0)
 # weight matrices of a block, in the order of the address table
 MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 WQ, WK, WV, WO, WGATE, WUP, WDOWN = range(7)
@@ -55,15 +56,15 @@ def unsupported_reason(decoder) -> str | None:
         return f"{s.arch}: RoPE mode {t.rope_mode!r}"
     if s.head_dim_v != s.head_dim_k or s.n_head % s.n_kv_head:
         return f"{s.arch}: head sizes {s.head_dim_k}/{s.head_dim_v}, {s.n_head}/{s.n_kv_head} heads"
-    if decoder.output.qtype not in SIMD_TYPES:
+    if decoder.output.qtype not in FUSED_TYPES:
         return f"output: {decoder.output.qtype.name}"
     if s.sliding_window is not None and any(s.is_sliding(i) for i in range(s.n_layer)):
         return f"{s.arch}: sliding-window layers"
     for i, lw in enumerate(decoder.layers):
         for name in MATRICES:
             w = getattr(lw, name)
-            if w.qtype not in SIMD_TYPES or w.raw.strides[1] != 1:
-                return f"blk.{i}.{name}: {w.qtype.name} (fused: {[q.name for q in SIMD_TYPES]})"
+            if w.qtype not in FUSED_TYPES or w.raw.strides[1] != 1:
+                return f"blk.{i}.{name}: {w.qtype.name} (fused: {[q.name for q in FUSED_TYPES]})"
     return None
 
 
@@ -83,9 +84,9 @@ def _dot1(addr, q4_1, xa, xda, xsa, nb):
 def _dot2(addr0, addr1, q4_1, xa, xda, xsa, nb, pair):
     """``pair[0], pair[1] = W0 . x, W1 . x`` for two GGUF rows in one pass (``dot_tile``, 2 rows x 1 token)."""
     if q4_1:
-        dot_tile(True, 2, 1, addr0, addr1 - addr0, xa, 0, xda, xsa, 0, nb, pair.ctypes.data, 4, 0)
+        dot_tile(1, 2, 1, addr0, addr1 - addr0, xa, 0, xda, xsa, 0, nb, pair.ctypes.data, 4, 0)
     else:
-        dot_tile(False, 2, 1, addr0, addr1 - addr0, xa, 0, xda, xsa, 0, nb, pair.ctypes.data, 4, 0)
+        dot_tile(0, 2, 1, addr0, addr1 - addr0, xa, 0, xda, xsa, 0, nb, pair.ctypes.data, 4, 0)
 
 
 @njit(cache=True, inline="always")
