@@ -53,9 +53,9 @@ def _ggml_vec_dot(ggml_cpu, w: QMatrix, x: np.ndarray) -> np.ndarray:
 def test_matmul_simd_is_ggml_bit_for_bit(qtype, n_tok, ggml_cpu):
     rng = np.random.default_rng(10 + n_tok)
     if qtype == GGMLType.Q5_0:
-        w = _random_q5_0(200, 1536, rng)
+        w = _random_q5_0(201, 1536, rng)
     else:
-        w = _random_qmatrix(qtype, 200, 1536, rng)  # 200 rows: not a multiple of any vector width
+        w = _random_qmatrix(qtype, 201, 1536, rng)  # 201 rows: an odd row after the pairs
     x = (rng.standard_normal((n_tok, w.n_in)) * rng.uniform(0.01, 30, (n_tok, 1))).astype(np.float32)
     ours = ggml_simd.matmul_simd(w, x)
     ref = _ggml_vec_dot(ggml_cpu, w, x)
