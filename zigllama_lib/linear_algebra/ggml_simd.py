@@ -186,7 +186,6 @@ def dot_q8_0_q8_0(typingctx, w_addr, x_addr, xd_addr, nb):
 
 
 TOKENS_PER_PASS = 4  # prefill: tokens that share one unpacking of a weight block
-ROWS_PER_PASS = 2  # decode: rows whose FMA chains interleave, sharing the activation loads
 
 
 @intrinsic
@@ -317,32 +316,6 @@ def _mm_parallel(raw, kind, xq, xd, xs, out):
         _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out)
 
 
-@njit(cache=True, inline="always")
-def _pair(kind, w, w_stride, xa, xda, xsa, nb, oa):
-    """Rows ``w`` and ``w + w_stride`` times one token in one pass (two FMA chains), to ``oa``, ``oa + 4``."""
-    if kind == KIND_Q4_1:
-        dot_tile(1, 2, 1, w, w_stride, xa, 0, xda, xsa, 0, nb, oa, 4, 0)
-    elif kind == KIND_Q8_0:
-        dot_tile(0, 2, 1, w, w_stride, xa, 0, xda, xsa, 0, nb, oa, 4, 0)
-    else:
-        dot_tile(2, 2, 1, w, w_stride, xa, 0, xda, xsa, 0, nb, oa, 4, 0)
-
-
-@njit(cache=True, parallel=True)
-def _mv_parallel(raw, kind, xq, xd, xs, out):
-    """Decode (one token): jobs of 32 rows, two rows per pass."""
-    w0, row_stride = raw.ctypes.data, raw.strides[0]
-    n_out, nb = raw.shape[0], xd.shape[1]
-    xa, xda, xsa = xq[0].ctypes.data, xd[0].ctypes.data, xs[0].ctypes.data
-    for job in prange(-(-n_out // 32)):
-        r, end = job * 32, min(n_out, job * 32 + 32)
-        while r + 1 < end:
-            _pair(kind, w0 + r * row_stride, row_stride, xa, xda, xsa, nb, out[0, r:].ctypes.data)
-            r += 2
-        if r < end:
-            _tile(kind, 1, 1, w0 + r * row_stride, row_stride, xa, 0, xda, xsa, 0, nb, out[0, r:].ctypes.data, 4, 0)
-
-
 @njit(cache=True)
 def _mm_serial(raw, kind, xq, xd, xs, out):
     w0, row_stride = raw.ctypes.data, raw.strides[0]
@@ -364,10 +337,7 @@ def quantize_activations(qtype: GGMLType, x: np.ndarray):
 def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """``y (n_tok, n_out)`` for activations already quantised by :func:`quantize_activations`."""
     out = np.empty((xq.shape[0], w.n_out), np.float32)
-    if xq.shape[0] == 1 and w.n_out >= 64:
-        kernel = _mv_parallel
-    else:
-        kernel = _mm_parallel if w.n_out * xq.shape[0] >= 64 else _mm_serial
+    kernel = _mm_parallel if w.n_out * xq.shape[0] >= 64 else _mm_serial
     kernel(w.raw, KIND[w.qtype], xq, xd, xs, out)
     return out
 

@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from ..foundation.ggml_types import GGMLType
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
-from ..linear_algebra.ggml_simd import (dot_f32_ggml_f16, dot_q4_1_q8_1, dot_q8_0_q8_0, dot_tile,
+from ..linear_algebra.ggml_simd import (dot_f32_ggml_f16, dot_q4_1_q8_1, dot_q8_0_q8_0,
                                         f16_bits_to_f32, f32_to_f16_bits, matmul_simd)
 from ..linear_algebra.half import to_f16
 from ..linear_algebra.q8 import _q8_32_token
@@ -81,24 +81,11 @@ def _dot1(addr, q4_1, xa, xda, xsa, nb):
 
 
 @njit(cache=True, inline="always")
-def _dot2(addr0, addr1, q4_1, xa, xda, xsa, nb, pair):
-    """``pair[0], pair[1] = W0 . x, W1 . x`` for two GGUF rows in one pass (``dot_tile``, 2 rows x 1 token)."""
-    if q4_1:
-        dot_tile(1, 2, 1, addr0, addr1 - addr0, xa, 0, xda, xsa, 0, nb, pair.ctypes.data, 4, 0)
-    else:
-        dot_tile(0, 2, 1, addr0, addr1 - addr0, xa, 0, xda, xsa, 0, nb, pair.ctypes.data, 4, 0)
-
-
-@njit(cache=True, inline="always")
-def _rows(addr, stride, q4_1, r0, r1, xa, xda, xsa, nb, pair, out):
-    """``out[r] = W[r] . x`` for rows ``r0 .. r1-1``, two rows per pass."""
-    r = r0
-    while r + 1 < r1:
-        _dot2(addr + r * stride, addr + (r + 1) * stride, q4_1, xa, xda, xsa, nb, pair)
-        out[r] = pair[0]
-        out[r + 1] = pair[1]
-        r += 2
-    if r < r1:
+def _rows(addr, stride, q4_1, r0, r1, xa, xda, xsa, nb, out):
+    """``out[r] = W[r] . x`` for rows ``r0 .. r1-1``. (One row per pass: pairing rows in ``dot_tile``
+    measured no faster -- each row's single FMA chain, which bit-exactness fixes, is hidden by the
+    out-of-order overlap of consecutive rows.)"""
+    for r in range(r0, r1):
         out[r] = _dot1(addr + r * stride, q4_1, xa, xda, xsa, nb)
 
 
@@ -108,8 +95,7 @@ def _matvec(addr, stride, q4_1, n_out, xq, xd, xs, out):
     nb = xd.shape[0]
     xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
     for job in prange(-(-n_out // JOB_ROWS)):
-        pair = np.empty(2, np.float32)
-        _rows(addr, stride, q4_1, job * JOB_ROWS, min(n_out, (job + 1) * JOB_ROWS), xa, xda, xsa, nb, pair, out)
+        _rows(addr, stride, q4_1, job * JOB_ROWS, min(n_out, (job + 1) * JOB_ROWS), xa, xda, xsa, nb, out)
 
 
 @njit(cache=True, parallel=True)
@@ -119,38 +105,30 @@ def _qkv(a, st, q41, dq, dkv, xq, xd, xs, q, k, v):
     xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
     jq, jkv = -(-dq // JOB_ROWS), -(-dkv // JOB_ROWS)
     for job in prange(jq + 2 * jkv):
-        pair = np.empty(2, np.float32)
         if job < jq:
             r0 = job * JOB_ROWS
-            _rows(a[WQ], st[WQ], q41[WQ], r0, min(dq, r0 + JOB_ROWS), xa, xda, xsa, nb, pair, q)
+            _rows(a[WQ], st[WQ], q41[WQ], r0, min(dq, r0 + JOB_ROWS), xa, xda, xsa, nb, q)
         elif job < jq + jkv:
             r0 = (job - jq) * JOB_ROWS
-            _rows(a[WK], st[WK], q41[WK], r0, min(dkv, r0 + JOB_ROWS), xa, xda, xsa, nb, pair, k)
+            _rows(a[WK], st[WK], q41[WK], r0, min(dkv, r0 + JOB_ROWS), xa, xda, xsa, nb, k)
         else:
             r0 = (job - jq - jkv) * JOB_ROWS
-            _rows(a[WV], st[WV], q41[WV], r0, min(dkv, r0 + JOB_ROWS), xa, xda, xsa, nb, pair, v)
+            _rows(a[WV], st[WV], q41[WV], r0, min(dkv, r0 + JOB_ROWS), xa, xda, xsa, nb, v)
 
 
 @njit(cache=True, parallel=True)
 def _gate_up_swiglu(a, st, q41, d_ff, xq, xd, xs, hidden):
     """``hidden[r] = silu(gate_r . x) * (up_r . x)`` in one parallel region: ggml_vec_swiglu_f32's
-    element ``r`` (v_silu in the chunks of 8, the libm silu in the tail) right after its two dots,
-    which run as one two-row pass when both matrices have the same type."""
+    element ``r`` (v_silu in the chunks of 8, the libm silu in the tail) right after its two dots."""
     nb = xd.shape[0]
     xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
     n8 = d_ff - d_ff % 8
-    same_type = q41[WGATE] == q41[WUP]
     for job in prange(-(-d_ff // JOB_ROWS)):
         tmp_f = np.empty(1, np.float32)
         tmp_u = tmp_f.view(np.uint32)
-        pair = np.empty(2, np.float32)
         for r in range(job * JOB_ROWS, min(d_ff, (job + 1) * JOB_ROWS)):
-            if same_type:
-                _dot2(a[WGATE] + r * st[WGATE], a[WUP] + r * st[WUP], q41[WGATE], xa, xda, xsa, nb, pair)
-                g, u = pair[0], pair[1]
-            else:
-                g = _dot1(a[WGATE] + r * st[WGATE], q41[WGATE], xa, xda, xsa, nb)
-                u = _dot1(a[WUP] + r * st[WUP], q41[WUP], xa, xda, xsa, nb)
+            g = _dot1(a[WGATE] + r * st[WGATE], q41[WGATE], xa, xda, xsa, nb)
+            u = _dot1(a[WUP] + r * st[WUP], q41[WUP], xa, xda, xsa, nb)
             hidden[r] = (_v_silu(g, tmp_f, tmp_u) if r < n8 else _silu_scalar(g)) * u
 
 
