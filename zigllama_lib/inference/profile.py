@@ -67,7 +67,7 @@ from ..foundation.errors import ConfigError
 from ..foundation.ggml_types import BLOCK_GEOMETRY
 from ..foundation.threads import get_threads, set_threads
 from ..linear_algebra import QMatrix
-from ..linear_algebra.ggml_exact import SUPPORTED as GGML_EXACT_TYPES
+from ..linear_algebra.ggml_simd import SUPPORTED as SIMD_TYPES
 from ..linear_algebra.matmul import KQUANTS, LEGACY, PREFILL_TOKENS
 from ..models.decoder import Decoder, Numerics, numerics_named
 from ..transformer.kv_cache import KVCache
@@ -95,12 +95,12 @@ def matmul_flops(w: QMatrix, n_tok: int) -> int:
 def kernel_weight_bytes(w: QMatrix, numerics: str, n_tok: int) -> int:
     """Bytes of the weight arrays the kernel actually streams (mirrors the dispatch of the two numerics).
 
-    ``"llama.cpp"`` on Q4_1 / Q8_0: the GGUF rows themselves (``ggml_simd`` reads
+    ``"llama.cpp"`` on Q4_1 / Q5_0 / Q8_0: the GGUF rows themselves (``ggml_simd`` reads
     them in place); other quantised types with fewer than ``PREFILL_TOKENS``
     tokens: :meth:`QMatrix.packed`'s int8 planes; otherwise the GGUF rows. Builds
     the planes if they do not exist yet.
     """
-    if numerics == "llama.cpp" and w.qtype in GGML_EXACT_TYPES:
+    if numerics == "llama.cpp" and w.qtype in SIMD_TYPES:
         return int(w.raw.nbytes)
     if n_tok < PREFILL_TOKENS and (w.qtype in LEGACY or w.qtype in KQUANTS):
         planes = w.packed()

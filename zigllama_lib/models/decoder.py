@@ -26,9 +26,11 @@ product goes through layer 2's quantised kernels.
   logits (measured: 4e-5 over 5 tokens of SmolLM2). llama.cpp's *default*
   float16 KV cache alone moves its own logits by ~0.02 on the same input.
 * ``"llama.cpp"``: llama.cpp's x86 AVX2 CPU arithmetic, reproduced bit for
-  bit where it matters (layer 2's ``matmul_ggml`` for Q4_1/Q8_0 weights,
-  layer 3's ``ggml_math`` for RMSNorm, RoPE and SwiGLU, layer 4's
-  ``attention_ggml``): activations quantised to 8 bits per block of 32, the
+  bit where it matters (layer 2's ``ggml_simd`` for Q4_1/Q5_0/Q8_0 weights --
+  the SIMD twin of the scalar reference ``ggml_exact.matmul_ggml`` -- layer 3's
+  ``ggml_math`` for RMSNorm, RoPE and SwiGLU, layer 4's ``attention_ggml``;
+  one-token steps of llama-family models run all of it in one compiled call,
+  :mod:`.fused_decode`): activations quantised to 8 bits per block of 32, the
   same FMA lane order and horizontal sums, a float16 KV cache. The 8-bit
   rounding is chaotic (a 1e-6 relative change of the embeddings moves the
   final logits by up to ~0.5), so only bit-exact arithmetic gives llama.cpp's
