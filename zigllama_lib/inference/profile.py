@@ -30,22 +30,25 @@ array fills in its source estimates how many).
 
 Measured
 --------
-SmolLM2-135M Q4_1, 2 threads, 2-core AMD EPYC VM with nothing else running
-(``zigllama profile --numerics float|llama.cpp``; figures drift by ~15% run to run)::
+SmolLM2-135M Q4_1, 2 threads, 2-core AMD EPYC VM (figures drift by ~30% through a day)::
 
-                      decode step    prefill 128    parallel calls / step
-    float             36-39 ms       1.39 s         212
-    llama.cpp         80-89 ms       6.5-6.9 s      332
-    llama.cpp itself  ~11 ms         ~0.5 s
+    zigllama profile --threads 2 --n-prompt 128 --n-decode 32 --reps 3 --numerics llama.cpp
 
-    read bandwidth 17-20 GB/s (1 thread), 24-27 GB/s (2); weights 96.4 MB per token:
-    decode ceiling ~250-280 tok/s; llama.cpp reaches about a third of it, we 5-10%.
+    decode step at position 128: 11.9 ms (fused; 22.2 ms timed op by op, unfused)
+    prefill 128 tokens: 0.54 s; decode latency p50 14.6 ms at 2 threads (67 tok/s), 24.6 ms at 1
+    read bandwidth 13.8 GB/s (1 thread), 20.0 GB/s (2); weights 96.4 MB per token:
+    decode ceiling 207 tok/s, we reach 32% (llama.cpp, same machine, a similar share)
+
+The "parallel kernel calls" row counts the unfused path (332 regions); the fused
+step of :mod:`..models.fused_decode` launches 5 per layer plus the output head
+(151 for SmolLM2). (Before the SIMD kernels, stop 6: 80-89 ms per step, 6.5-6.9 s
+per prefill on these numerics; the float numerics 36-39 ms and 1.39 s.)
 
 Float prefill with 2 threads runs 3x faster (0.44 s) with ``OPENBLAS_NUM_THREADS=1``:
 numpy's BLAS threads and Numba's OpenMP threads spin-wait against each other
 on two cores. When another process competes for the cores, every parallel
-region can wait a scheduler time slice (~8 ms) for its second thread: with
-332 regions a decode step then takes seconds, and 1 thread is faster than 2.
+region can wait a scheduler time slice (~8 ms) for its second thread: a decode
+step then takes far longer, and 1 thread can be faster than 2.
 """
 
 from __future__ import annotations
