@@ -62,7 +62,7 @@ def test_gate_up_swiglu_and_matvec_pieces_are_the_reference(up_type, d_ff):
 
     from zigllama_lib.foundation.ggml_types import GGMLType
     from zigllama_lib.linear_algebra.ggml_exact import matmul_ggml
-    from zigllama_lib.linear_algebra.ggml_simd import quantize_activations
+    from zigllama_lib.linear_algebra.ggml_simd import KIND, quantize_activations
     from zigllama_lib.models import fused_decode as fd
     from zigllama_lib.neural_primitives.ggml_math import swiglu_ggml
 
@@ -73,13 +73,13 @@ def test_gate_up_swiglu_and_matvec_pieces_are_the_reference(up_type, d_ff):
     xq, xd, xs = quantize_activations(GGMLType.Q4_1, x)  # Q8_1: its q and d are Q8_0's too
     addr = np.zeros(7, np.int64)
     stride = np.zeros(7, np.int64)
-    q41 = np.zeros(7, np.bool_)
+    kind = np.zeros(7, np.int64)
     for slot, w in ((fd.WGATE, gate), (fd.WUP, up)):
-        addr[slot], stride[slot], q41[slot] = w.raw.ctypes.data, w.raw.strides[0], w.qtype == GGMLType.Q4_1
+        addr[slot], stride[slot], kind[slot] = w.raw.ctypes.data, w.raw.strides[0], KIND[w.qtype]
     hidden = np.empty(d_ff, np.float32)
-    fd._gate_up_swiglu(addr, stride, q41, d_ff, xq[0], xd[0], xs[0], hidden)
+    fd._gate_up_swiglu(addr, stride, kind, d_ff, xq[0], xd[0], xs[0], hidden)
     want = swiglu_ggml(matmul_ggml(gate, x), matmul_ggml(up, x))[0]
     assert np.array_equal(hidden.view(np.int32), want.view(np.int32))
     out = np.empty(d_ff, np.float32)
-    fd._matvec(addr[fd.WUP], stride[fd.WUP], q41[fd.WUP], d_ff, xq[0], xd[0], xs[0], out)
+    fd._matvec(addr[fd.WUP], stride[fd.WUP], kind[fd.WUP], d_ff, xq[0], xd[0], xs[0], out)
     assert np.array_equal(out.view(np.int32), matmul_ggml(up, x)[0].view(np.int32))

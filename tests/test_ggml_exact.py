@@ -51,15 +51,13 @@ def _random_qmatrix(qtype: GGMLType, n_out: int, n_in: int, rng) -> QMatrix:
     return QMatrix(blk.reshape(n_out, -1), qtype, n_in)
 
 
-@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0])
-def test_matmul_ggml_is_ggml_vec_dot_bit_for_bit(qtype, ggml_cpu):
-    rng = np.random.default_rng(1)
-    n_out, n_in, n_tok = 256, 1536, 3
-    w = _random_qmatrix(qtype, n_out, n_in, rng)
-    x = (rng.standard_normal((n_tok, n_in)) * rng.uniform(0.01, 30, (n_tok, 1))).astype(np.float32)
-    ours = matmul_ggml(w, x)
-    if qtype == GGMLType.Q4_1:
+def ggml_vec_dot_rows(ggml_cpu, w: QMatrix, x: np.ndarray) -> np.ndarray:
+    """llama.cpp's own ``ggml_vec_dot_{q4_1_q8_1,q8_0_q8_0,q5_0_q8_0}`` of every row and token, through ctypes:
+    ``(n_tok, n_out)`` float32."""
+    if w.qtype == GGMLType.Q4_1:
         f, xb = ggml_cpu.ggml_vec_dot_q4_1_q8_1, quantize_q8_1(x, variant="x86")
+    elif w.qtype == GGMLType.Q5_0:
+        f, xb = ggml_cpu.ggml_vec_dot_q5_0_q8_0, quantize_q8_0(x, variant="x86")
     else:
         f, xb = ggml_cpu.ggml_vec_dot_q8_0_q8_0, quantize_q8_0(x, variant="x86")
     P = ctypes.c_void_p
@@ -67,12 +65,23 @@ def test_matmul_ggml_is_ggml_vec_dot_bit_for_bit(qtype, ggml_cpu):
     f.argtypes = [ctypes.c_int, P, ctypes.c_size_t, P, ctypes.c_size_t, P, ctypes.c_size_t, ctypes.c_int]
     raw = np.ascontiguousarray(w.raw)
     s = np.zeros(1, np.float32)
-    ref = np.empty_like(ours)
-    for t in range(n_tok):
+    out = np.empty((len(x), w.n_out), np.float32)
+    for t in range(len(x)):
         xrow = np.ascontiguousarray(xb[t])
-        for r in range(n_out):
-            f(n_in, s.ctypes.data, 0, raw[r].ctypes.data, 0, xrow.ctypes.data, 0, 1)
-            ref[t, r] = s[0]
+        for r in range(w.n_out):
+            f(w.n_in, s.ctypes.data, 0, raw[r].ctypes.data, 0, xrow.ctypes.data, 0, 1)
+            out[t, r] = s[0]
+    return out
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0])
+def test_matmul_ggml_is_ggml_vec_dot_bit_for_bit(qtype, ggml_cpu):
+    rng = np.random.default_rng(1)
+    n_out, n_in, n_tok = 256, 1536, 3
+    w = _random_qmatrix(qtype, n_out, n_in, rng)
+    x = (rng.standard_normal((n_tok, n_in)) * rng.uniform(0.01, 30, (n_tok, 1))).astype(np.float32)
+    ours = matmul_ggml(w, x)
+    ref = ggml_vec_dot_rows(ggml_cpu, w, x)
     assert np.array_equal(ours, ref), f"{np.sum(ours != ref)} of {ours.size} outputs differ"
     # and it is a matrix product: close to the float64 one
     exact = x.astype(np.float64) @ w.dequantize().astype(np.float64).T

@@ -3,7 +3,6 @@ kernels and against the scalar reference it replaces."""
 
 from __future__ import annotations
 
-import ctypes
 
 import numpy as np
 import pytest
@@ -13,9 +12,8 @@ from zigllama_lib.foundation.ggml_types import GGMLType
 from zigllama_lib.linear_algebra import ggml_simd
 from zigllama_lib.linear_algebra.ggml_exact import fma32, fma_f32_array, matmul_ggml
 from zigllama_lib.linear_algebra.matmul import QMatrix
-from zigllama_lib.linear_algebra.q8 import quantize_q8_0, quantize_q8_1
 
-from test_ggml_exact import _random_qmatrix, ggml_cpu  # noqa: F401  (a fixture)
+from test_ggml_exact import _random_qmatrix, ggml_cpu, ggml_vec_dot_rows  # noqa: F401  (ggml_cpu: a fixture)
 
 
 def _random_q5_0(n_out: int, n_in: int, rng) -> QMatrix:
@@ -24,28 +22,6 @@ def _random_q5_0(n_out: int, n_in: int, rng) -> QMatrix:
     blk[:, 0:2] = (rng.uniform(0.001, 0.05, n_out * nb).astype(np.float16)).view(np.uint8).reshape(-1, 2)
     blk[:, 2:] = rng.integers(0, 256, (n_out * nb, 20), dtype=np.uint8)  # qh (32 high bits), qs
     return QMatrix(blk.reshape(n_out, -1), GGMLType.Q5_0, n_in)
-
-
-def _ggml_vec_dot(ggml_cpu, w: QMatrix, x: np.ndarray) -> np.ndarray:
-    """llama.cpp's ggml_vec_dot_{q4_1_q8_1,q8_0_q8_0,q5_0_q8_0} of every row and token, through ctypes."""
-    if w.qtype == GGMLType.Q4_1:
-        f, xb = ggml_cpu.ggml_vec_dot_q4_1_q8_1, quantize_q8_1(x, variant="x86")
-    elif w.qtype == GGMLType.Q5_0:
-        f, xb = ggml_cpu.ggml_vec_dot_q5_0_q8_0, quantize_q8_0(x, variant="x86")
-    else:
-        f, xb = ggml_cpu.ggml_vec_dot_q8_0_q8_0, quantize_q8_0(x, variant="x86")
-    P = ctypes.c_void_p
-    f.restype = None
-    f.argtypes = [ctypes.c_int, P, ctypes.c_size_t, P, ctypes.c_size_t, P, ctypes.c_size_t, ctypes.c_int]
-    raw = np.ascontiguousarray(w.raw)
-    s = np.zeros(1, np.float32)
-    out = np.empty((len(x), w.n_out), np.float32)
-    for t in range(len(x)):
-        xrow = np.ascontiguousarray(xb[t])
-        for r in range(w.n_out):
-            f(w.n_in, s.ctypes.data, 0, raw[r].ctypes.data, 0, xrow.ctypes.data, 0, 1)
-            out[t, r] = s[0]
-    return out
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0])
@@ -58,7 +34,7 @@ def test_matmul_simd_is_ggml_bit_for_bit(qtype, n_tok, ggml_cpu):
         w = _random_qmatrix(qtype, 201, 1536, rng)  # 201 rows: an odd row after the pairs
     x = (rng.standard_normal((n_tok, w.n_in)) * rng.uniform(0.01, 30, (n_tok, 1))).astype(np.float32)
     ours = ggml_simd.matmul_simd(w, x)
-    ref = _ggml_vec_dot(ggml_cpu, w, x)
+    ref = ggml_vec_dot_rows(ggml_cpu, w, x)
     assert np.array_equal(ours.view(np.int32), ref.view(np.int32)), f"{np.sum(ours != ref)} of {ours.size} differ"
 
 

@@ -18,7 +18,10 @@ weights, Q8_1 activations; ``ggml_vec_dot_q4_1_q8_1``)::
 
 then ``hsum8(acc) + summs`` -- exactly :func:`.ggml_exact.matmul_ggml`'s value,
 bit for bit (tested). Q8_0 x Q8_0 is the same with ``qx`` loaded as 32 int8
-and ``p16 = pmaddubsw(|qx|, sign(qy, qx))`` (no saturation: |q_x| <= 127).
+and ``p16 = pmaddubsw(|qx|, sign(qy, qx))`` (no saturation: |q_y| <= 127);
+Q5_0 x Q8_0 builds its int8 ``qx`` from nibbles and fifth bits, then does the
+same. One intrinsic, :func:`dot_row`, does all three, for one token (decode)
+or four (prefill: each weight block unpacked once for the four).
 
 The kernels read the weight rows straight from the GGUF bytes (the
 memory-mapped file: no repacking, no copy) and the activations from the planes
@@ -40,11 +43,10 @@ from ..foundation.errors import ConfigError
 from ..foundation.ggml_types import GGMLType
 from .legacy import SIZEOF_BLOCK_Q4_1, SIZEOF_BLOCK_Q5_0, SIZEOF_BLOCK_Q8_0
 from .matmul import QMatrix
-from .half import f16_bits_to_f32, f32_to_f16_bits  # noqa: F401  (re-exported for the fused step)
 from .q8 import quantize_q8_32_planes
 
 SUPPORTED = (GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0)
-# weight kinds of dot_tile (a literal): the block layout and the activations' Q8 type
+# weight kinds of dot_row (a literal): the block layout and the activations' Q8 type
 KIND_Q8_0, KIND_Q4_1, KIND_Q5_0 = 0, 1, 2
 KIND = {GGMLType.Q8_0: KIND_Q8_0, GGMLType.Q4_1: KIND_Q4_1, GGMLType.Q5_0: KIND_Q5_0}
 HAS_AVX2 = "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
@@ -105,18 +107,6 @@ def _hsum8(builder, acc):
     return builder.fadd(builder.fadd(r0, r2), builder.fadd(r1, r3))
 
 
-def _block_loop(builder, nb, body):
-    """``acc = 0; summs = 0; for b < nb: body(b, acc, summs) -> (acc, summs)``; returns hsum8(acc) + summs."""
-    v8f = _vec(F32, 8)
-    acc_p = cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8))
-    summs_p = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
-    with cgutils.for_range(builder, nb) as loop:
-        acc, summs = body(loop.index, builder.load(acc_p), builder.load(summs_p))
-        builder.store(acc, acc_p)
-        builder.store(summs, summs_p)
-    return _hsum8(builder, builder.load(acc_p)), builder.load(summs_p)
-
-
 def _fma_block(builder, d, lanes, acc):
     """``acc = fma(splat(d), float(lanes), acc)`` (``_mm256_fmadd_ps``)."""
     v8f = _vec(F32, 8)
@@ -126,186 +116,121 @@ def _fma_block(builder, d, lanes, acc):
     return builder.call(fma, [dv, builder.sitofp(lanes, v8f), acc])
 
 
-# -- the two dot products ---------------------------------------------------------------
-@intrinsic
-def dot_q4_1_q8_1(typingctx, w_addr, x_addr, xd_addr, xs_addr, nb):
-    """One Q4_1 row (``nb`` blocks of 20 bytes at ``w_addr``) times Q8_1 activations: float32.
+def _nibbles(builder, qs):
+    """``<32 x i8>``: the low nibbles of 16 bytes, then the high ones (ggml's ``bytes_from_nibbles_32``)."""
+    return builder.shuffle_vector(builder.and_(qs, _splat(I8, 16, 15)), builder.lshr(qs, _splat(I8, 16, 4)),
+                                  _indices(range(32)))
 
-    ``x_addr``: ``nb*32`` int8 quants; ``xd_addr``, ``xs_addr``: ``nb`` float32 scales ``d`` and
-    ``s = d * sum q`` (f16-rounded, as the Q8_1 block stores them).
+
+def _weight_block(builder, kind: int, blk):
+    """Block ``blk`` (an i64 address) of a weight row: ``(d_w, m_w or None, unsigned quants, sign mask or None)``.
+
+    Q4_1 quants are 0..15 already. Q8_0 / Q5_0 quants are signed: ggml feeds ``pmaddubsw`` with
+    ``|q|`` and moves the signs onto the activations (``sign(qy, q)``), so the mask is returned too.
     """
-    sig = types.float32(types.int64, types.int64, types.int64, types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        w_addr, x_addr, xd_addr, xs_addr, nb = args
-
-        def body(b, acc, summs):
-            blk = builder.add(w_addr, builder.mul(b, ir.Constant(I64, SIZEOF_BLOCK_Q4_1)))
-            d_w = builder.fpext(_load(builder, F16, blk), F32)
-            m_w = builder.fpext(_load(builder, F16, blk, 2), F32)
-            qs = _load(builder, _vec(I8, 16), blk, 4)
-            b4 = builder.mul(b, ir.Constant(I64, 4))
-            d_x = _load(builder, F32, xd_addr, b4, 4)
-            s_x = _load(builder, F32, xs_addr, b4, 4)
-            qy = _load(builder, _vec(I8, 32), x_addr, builder.mul(b, ir.Constant(I64, 32)))
-            qx = builder.shuffle_vector(builder.and_(qs, _splat(I8, 16, 15)), builder.lshr(qs, _splat(I8, 16, 4)),
-                                        _indices(range(32)))
-            summs = builder.fadd(summs, builder.fmul(m_w, s_x))
-            return _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, qy), acc), summs
-
-        total, summs = _block_loop(builder, nb, body)
-        return builder.fadd(total, summs)
-
-    return sig, codegen
+    d_w = builder.fpext(_load(builder, F16, blk), F32)
+    if kind == KIND_Q4_1:  # d, m, 16 bytes of nibbles
+        return d_w, builder.fpext(_load(builder, F16, blk, 2), F32), _nibbles(builder, _load(builder, _vec(I8, 16), blk, 4)), None
+    if kind == KIND_Q8_0:  # d, 32 int8
+        qw = _load(builder, _vec(I8, 32), blk, 2)
+    else:  # Q5_0: d, qh (the 32 fifth bits), 16 bytes of nibbles; q - 16 = nibble | (0xF0 unless the bit is set)
+        high = builder.bitcast(_load(builder, I32, blk, 2), _vec(ir.IntType(1), 32))  # bit j -> element j
+        qw = builder.or_(_nibbles(builder, _load(builder, _vec(I8, 16), blk, 6)),
+                         builder.select(high, _splat(I8, 32, 0), _splat(I8, 32, 0xF0)))
+    negative = builder.icmp_signed("<", qw, _splat(I8, 32, 0))
+    return d_w, None, builder.select(negative, builder.neg(qw), qw), negative
 
 
-@intrinsic
-def dot_q8_0_q8_0(typingctx, w_addr, x_addr, xd_addr, nb):
-    """One Q8_0 row (``nb`` blocks of 34 bytes at ``w_addr``) times Q8_0 activations: float32."""
-    sig = types.float32(types.int64, types.int64, types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        w_addr, x_addr, xd_addr, nb = args
-
-        def body(b, acc, summs):
-            blk = builder.add(w_addr, builder.mul(b, ir.Constant(I64, SIZEOF_BLOCK_Q8_0)))
-            d_w = builder.fpext(_load(builder, F16, blk), F32)
-            qw = _load(builder, _vec(I8, 32), blk, 2)
-            d_x = _load(builder, F32, xd_addr, builder.mul(b, ir.Constant(I64, 4)), 4)
-            qy = _load(builder, _vec(I8, 32), x_addr, builder.mul(b, ir.Constant(I64, 32)))
-            # |qw| * sign(qy, qw): the products keep their signs, the left operand is unsigned
-            negative = builder.icmp_signed("<", qw, _splat(I8, 32, 0))
-            abs_w = builder.select(negative, builder.neg(qw), qw)
-            signed_y = builder.select(negative, builder.neg(qy), qy)
-            return _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, abs_w, signed_y), acc), summs
-
-        total, _ = _block_loop(builder, nb, body)
-        return total
-
-    return sig, codegen
-
-
+# -- the dot product ----------------------------------------------------------------------
 TOKENS_PER_PASS = 4  # prefill: tokens that share one unpacking of a weight block
+BLOCK_BYTES = {KIND_Q4_1: SIZEOF_BLOCK_Q4_1, KIND_Q8_0: SIZEOF_BLOCK_Q8_0, KIND_Q5_0: SIZEOF_BLOCK_Q5_0}
 
 
 @intrinsic
-def dot_tile(typingctx, kind, n_rows, n_tok, w_addr, w_stride, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb,
-             out_addr, out_row_stride, out_tok_stride):
-    """``n_rows`` weight rows times ``n_tok`` tokens in one pass over the blocks: each block's weights
-    are unpacked once per row and each token's quants loaded once per block, then every (row,
-    token) pair runs the very operations of ``dot_q4_1_q8_1`` / ``dot_q8_0_q8_0`` -- the same floats,
-    with independent FMA chains the CPU overlaps. Result (row i, token t) goes to
-    ``out_addr + i * out_row_stride + t * out_tok_stride``.
+def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb, out_addr, out_stride):
+    """One weight row (``nb`` GGUF blocks at ``w_addr``) times ``n_tok`` tokens' 8-bit activations, in
+    one pass over the blocks: each block is unpacked once and used for every token; per token the
+    operations of the module docstring, so each result is ggml's ``vec_dot`` bit for bit. Token ``t``'s
+    result goes to ``out_addr + t * out_stride`` (float32).
 
-    ``kind`` (:data:`KIND_Q4_1`: Q4_1 x Q8_1; :data:`KIND_Q8_0`: Q8_0 x Q8_0; :data:`KIND_Q5_0`: Q5_0 x Q8_0,
-    whose 5-bit weights ggml's AVX2 code forms as ``nibble | (0xF0 unless the high bit is set)``,
-    i.e. ``q - 16`` as int8, then treats like Q8_0's), ``n_rows`` and ``n_tok`` must be literals.
-    Row ``i`` starts at ``w_addr + i * w_stride``; token ``t``'s quants at ``x_addr + t * x_stride``,
-    its scales at ``xd_addr / xs_addr + t * s_stride``.
+    ``kind``: :data:`KIND_Q4_1` (x Q8_1), :data:`KIND_Q8_0` or :data:`KIND_Q5_0` (x Q8_0); ``kind`` and
+    ``n_tok`` must be integer literals. Token ``t``'s quants are at ``x_addr + t * x_stride``, its
+    scales ``d`` (and Q8_1's ``s``) at ``xd_addr`` (``xs_addr``) ``+ t * s_stride``.
     """
     from numba.core.errors import TypingError
 
-    for name, arg in (("kind", kind), ("n_rows", n_rows), ("n_tok", n_tok)):
+    for name, arg in (("kind", kind), ("n_tok", n_tok)):
         if not isinstance(arg, types.IntegerLiteral):
-            raise TypingError(f"dot_tile: {name} must be an integer literal")
-    w_kind, n_r, n_t = kind.literal_value, n_rows.literal_value, n_tok.literal_value
-    is_q4_1 = w_kind == KIND_Q4_1
-    i64 = types.int64
-    sig = types.none(kind, n_rows, n_tok, *([i64] * 11))
+            raise TypingError(f"dot_row: {name} must be an integer literal")
+    w_kind, n_t = kind.literal_value, n_tok.literal_value
+    with_min = w_kind == KIND_Q4_1
+    sig = types.none(kind, n_tok, *([types.int64] * 9))
 
     def codegen(context, builder, signature, args):
-        (_, _, _, w_addr, w_stride, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb,
-         out_addr, out_row_stride, out_tok_stride) = args
-        v8f = _vec(F32, 8)
-        pairs = [(i, t) for i in range(n_r) for t in range(n_t)]
-        accs = {p: cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for p in pairs}
-        summs = {p: cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for p in pairs}
+        _, _, w_addr, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb, out_addr, out_stride = args
         const = lambda v: ir.Constant(I64, v)  # noqa: E731
+        v8f = _vec(F32, 8)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(n_t)]
+        summs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n_t)]
         with cgutils.for_range(builder, nb) as loop:
             b = loop.index
             b4, b32 = builder.mul(b, const(4)), builder.mul(b, const(32))
-            rows = []  # per row: (d_w, m_w, unsigned quants, negative mask)
-            for i in range(n_r):
-                row = builder.add(w_addr, builder.mul(const(i), w_stride))
-                if is_q4_1:
-                    blk = builder.add(row, builder.mul(b, const(SIZEOF_BLOCK_Q4_1)))
-                    qs = _load(builder, _vec(I8, 16), blk, 4)
-                    qx = builder.shuffle_vector(builder.and_(qs, _splat(I8, 16, 15)),
-                                                builder.lshr(qs, _splat(I8, 16, 4)), _indices(range(32)))
-                    rows.append((builder.fpext(_load(builder, F16, blk), F32),
-                                 builder.fpext(_load(builder, F16, blk, 2), F32), qx, None))
-                else:
-                    if w_kind == KIND_Q8_0:
-                        blk = builder.add(row, builder.mul(b, const(SIZEOF_BLOCK_Q8_0)))
-                        qw = _load(builder, _vec(I8, 32), blk, 2)
-                    else:  # Q5_0: d, qh (32 high bits), qs (nibbles)
-                        blk = builder.add(row, builder.mul(b, const(SIZEOF_BLOCK_Q5_0)))
-                        qs = _load(builder, _vec(I8, 16), blk, 6)
-                        nibbles = builder.shuffle_vector(builder.and_(qs, _splat(I8, 16, 15)),
-                                                         builder.lshr(qs, _splat(I8, 16, 4)), _indices(range(32)))
-                        high = builder.bitcast(_load(builder, I32, blk, 2), _vec(ir.IntType(1), 32))  # bit j -> j
-                        qw = builder.or_(nibbles, builder.select(high, _splat(I8, 32, 0), _splat(I8, 32, 0xF0)))
-                    negative = builder.icmp_signed("<", qw, _splat(I8, 32, 0))
-                    rows.append((builder.fpext(_load(builder, F16, blk), F32), None,
-                                 builder.select(negative, builder.neg(qw), qw), negative))
+            d_w, m_w, qx, negative = _weight_block(builder, w_kind, builder.add(w_addr, builder.mul(b, const(BLOCK_BYTES[w_kind]))))
             for t in range(n_t):
                 qy = _load(builder, _vec(I8, 32), builder.add(x_addr, builder.mul(const(t), x_stride)), b32)
+                if negative is not None:
+                    qy = builder.select(negative, builder.neg(qy), qy)
                 sa = builder.mul(const(t), s_stride)
                 d_x = _load(builder, F32, builder.add(xd_addr, sa), b4, 4)
-                s_x = _load(builder, F32, builder.add(xs_addr, sa), b4, 4) if is_q4_1 else None
-                for i, (d_w, m_w, qx, negative) in enumerate(rows):
-                    y = qy if negative is None else builder.select(negative, builder.neg(qy), qy)
-                    if is_q4_1:
-                        builder.store(builder.fadd(builder.load(summs[i, t]), builder.fmul(m_w, s_x)), summs[i, t])
-                    acc = _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, y),
-                                     builder.load(accs[i, t]))
-                    builder.store(acc, accs[i, t])
-        for i, t in pairs:
-            total = _hsum8(builder, builder.load(accs[i, t]))
-            if is_q4_1:
-                total = builder.fadd(total, builder.load(summs[i, t]))
-            dst = builder.add(out_addr, builder.add(builder.mul(const(i), out_row_stride),
-                                                    builder.mul(const(t), out_tok_stride)))
+                if with_min:  # summs += m_w * s_x: two roundings, not fused (as ggml's binary does)
+                    s_x = _load(builder, F32, builder.add(xs_addr, sa), b4, 4)
+                    builder.store(builder.fadd(builder.load(summs[t]), builder.fmul(m_w, s_x)), summs[t])
+                acc = _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, qy), builder.load(accs[t]))
+                builder.store(acc, accs[t])
+        for t in range(n_t):
+            total = _hsum8(builder, builder.load(accs[t]))
+            if with_min:
+                total = builder.fadd(total, builder.load(summs[t]))
+            dst = builder.add(out_addr, builder.mul(const(t), out_stride))
             builder.store(total, builder.inttoptr(dst, F32.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
+@njit(cache=True, inline="always")
+def dot_any(kind, n_tok, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride):
+    """:func:`dot_row` for a ``kind`` known at run time and ``n_tok`` of 1 or :data:`TOKENS_PER_PASS`
+    (each branch passes literals, so each compiles its own specialised loop)."""
+    if kind == KIND_Q4_1:
+        if n_tok == 1:
+            dot_row(1, 1, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+        else:
+            dot_row(1, 4, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+    elif kind == KIND_Q8_0:
+        if n_tok == 1:
+            dot_row(0, 1, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+        else:
+            dot_row(0, 4, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+    else:
+        if n_tok == 1:
+            dot_row(2, 1, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+        else:
+            dot_row(2, 4, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+
+
 # -- matrix products --------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _tile(kind, n_rows, n_tok, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok):
-    """``dot_tile`` with ``kind`` from a run-time value (each branch passes a literal)."""
-    if kind == KIND_Q4_1:
-        if n_tok == 4:
-            dot_tile(1, 1, 4, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
-        else:
-            dot_tile(1, 1, 1, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
-    elif kind == KIND_Q8_0:
-        if n_tok == 4:
-            dot_tile(0, 1, 4, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
-        else:
-            dot_tile(0, 1, 1, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
-    else:
-        if n_tok == 4:
-            dot_tile(2, 1, 4, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
-        else:
-            dot_tile(2, 1, 1, w, w_stride, xa, x_stride, xda, xsa, s_stride, nb, oa, o_row, o_tok)
-
-
-@njit(cache=True, inline="always")
 def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
-    """Row ``r`` times every token: four at a time (``dot_tile``), the rest one by one."""
+    """Row ``r`` times every token: four at a time, the rest one by one (``out`` C-contiguous)."""
     nb = xd.shape[1]
-    w = w0 + r * row_stride
     n_tok = xq.shape[0]
-    n4 = n_tok - n_tok % TOKENS_PER_PASS
-    for t in range(n_tok):
-        if t < n4 and t % TOKENS_PER_PASS != 0:
-            continue  # done by the pass that started at a multiple of 4
-        step = TOKENS_PER_PASS if t < n4 else 1
-        _tile(kind, 1, step, w, row_stride, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xs[t].ctypes.data,
-              xd.strides[0], nb, out[t, r:].ctypes.data, 4, out.strides[0])
+    t = 0
+    while t < n_tok:
+        step = TOKENS_PER_PASS if t + TOKENS_PER_PASS <= n_tok else 1
+        dot_any(kind, step, w0 + r * row_stride, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data,
+                xs[t].ctypes.data, xd.strides[0], nb, out[t, r:].ctypes.data, out.strides[0])
+        t += step
 
 
 @njit(cache=True, parallel=True)

@@ -20,7 +20,7 @@ with the same operations, in the same order, as the generic path with
 :mod:`..neural_primitives.ggml_math` and the decode branch of
 :mod:`..transformer.attention_ggml`): the logits are bit-identical to it, hence
 to llama.cpp's (tested). Supported: llama-family blocks (no biases, no q/k norm,
-no post-norms, SiLU-gated FFN) with Q4_1 / Q8_0 matrices; anything else runs the
+no post-norms, SiLU-gated FFN) with Q4_1 / Q5_0 / Q8_0 matrices; anything else runs the
 generic path.
 """
 
@@ -29,16 +29,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..foundation.ggml_types import GGMLType
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
-from ..linear_algebra.ggml_simd import (dot_f32_ggml_f16, dot_q4_1_q8_1, dot_q8_0_q8_0,
-                                        f16_bits_to_f32, f32_to_f16_bits, matmul_simd)
+from ..linear_algebra.ggml_simd import KIND, SUPPORTED as FUSED_TYPES
+from ..linear_algebra.ggml_simd import dot_any, dot_f32_ggml_f16, matmul_simd
+from ..linear_algebra.half import f16_bits_to_f32, f32_to_f16_bits
 from ..linear_algebra.half import to_f16
 from ..linear_algebra.q8 import _q8_32_token
 from ..neural_primitives.ggml_math import _rms_norm_kernel, _rope_cache, _silu_scalar, _v_expf, _v_silu, rms_norm_ggml
 from ..transformer.attention_ggml import KV_PAD
 
-FUSED_TYPES = (GGMLType.Q4_1, GGMLType.Q8_0)
 # weight matrices of a block, in the order of the address table
 MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 WQ, WK, WV, WO, WGATE, WUP, WDOWN = range(7)
@@ -73,33 +72,26 @@ JOB_ROWS = 32  # rows per parallel job
 
 
 @njit(cache=True, inline="always")
-def _dot1(addr, q4_1, xa, xda, xsa, nb):
-    """One GGUF row times x."""
-    if q4_1:
-        return dot_q4_1_q8_1(addr, xa, xda, xsa, nb)
-    return dot_q8_0_q8_0(addr, xa, xda, nb)
-
-
-@njit(cache=True, inline="always")
-def _rows(addr, stride, q4_1, r0, r1, xa, xda, xsa, nb, out):
-    """``out[r] = W[r] . x`` for rows ``r0 .. r1-1``. (One row per pass: pairing rows in ``dot_tile``
-    measured no faster -- each row's single FMA chain, which bit-exactness fixes, is hidden by the
-    out-of-order overlap of consecutive rows.)"""
+def _rows(addr, stride, kind, r0, r1, xa, xda, xsa, nb, out):
+    """``out[r] = W[r] . x`` for rows ``r0 .. r1-1`` of the GGUF rows at ``addr`` (``out`` contiguous).
+    (One row per pass: pairing rows measured no faster -- each row's single FMA chain, which
+    bit-exactness fixes, is already overlapped with the next row's by the out-of-order core.)"""
+    oa = out.ctypes.data
     for r in range(r0, r1):
-        out[r] = _dot1(addr + r * stride, q4_1, xa, xda, xsa, nb)
+        dot_any(kind, 1, addr + r * stride, xa, 0, xda, xsa, 0, nb, oa + 4 * r, 0)
 
 
 @njit(cache=True, parallel=True)
-def _matvec(addr, stride, q4_1, n_out, xq, xd, xs, out):
+def _matvec(addr, stride, kind, n_out, xq, xd, xs, out):
     """``out[r] = W[r] . x`` for the ``n_out`` GGUF rows at ``addr`` (llama.cpp's vec_dot, in SIMD)."""
     nb = xd.shape[0]
     xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
     for job in prange(-(-n_out // JOB_ROWS)):
-        _rows(addr, stride, q4_1, job * JOB_ROWS, min(n_out, (job + 1) * JOB_ROWS), xa, xda, xsa, nb, out)
+        _rows(addr, stride, kind, job * JOB_ROWS, min(n_out, (job + 1) * JOB_ROWS), xa, xda, xsa, nb, out)
 
 
 @njit(cache=True, parallel=True)
-def _qkv(a, st, q41, dq, dkv, xq, xd, xs, q, k, v):
+def _qkv(a, st, kinds, dq, dkv, xq, xd, xs, q, k, v):
     """q, k and v from one quantised x in one parallel region (jobs of rows of the three matrices)."""
     nb = xd.shape[0]
     xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
@@ -107,17 +99,17 @@ def _qkv(a, st, q41, dq, dkv, xq, xd, xs, q, k, v):
     for job in prange(jq + 2 * jkv):
         if job < jq:
             r0 = job * JOB_ROWS
-            _rows(a[WQ], st[WQ], q41[WQ], r0, min(dq, r0 + JOB_ROWS), xa, xda, xsa, nb, q)
+            _rows(a[WQ], st[WQ], kinds[WQ], r0, min(dq, r0 + JOB_ROWS), xa, xda, xsa, nb, q)
         elif job < jq + jkv:
             r0 = (job - jq) * JOB_ROWS
-            _rows(a[WK], st[WK], q41[WK], r0, min(dkv, r0 + JOB_ROWS), xa, xda, xsa, nb, k)
+            _rows(a[WK], st[WK], kinds[WK], r0, min(dkv, r0 + JOB_ROWS), xa, xda, xsa, nb, k)
         else:
             r0 = (job - jq - jkv) * JOB_ROWS
-            _rows(a[WV], st[WV], q41[WV], r0, min(dkv, r0 + JOB_ROWS), xa, xda, xsa, nb, v)
+            _rows(a[WV], st[WV], kinds[WV], r0, min(dkv, r0 + JOB_ROWS), xa, xda, xsa, nb, v)
 
 
 @njit(cache=True, parallel=True)
-def _gate_up_swiglu(a, st, q41, d_ff, xq, xd, xs, hidden):
+def _gate_up_swiglu(a, st, kinds, d_ff, xq, xd, xs, hidden):
     """``hidden[r] = silu(gate_r . x) * (up_r . x)`` in one parallel region: ggml_vec_swiglu_f32's
     element ``r`` (v_silu in the chunks of 8, the libm silu in the tail) right after its two dots."""
     nb = xd.shape[0]
@@ -126,10 +118,11 @@ def _gate_up_swiglu(a, st, q41, d_ff, xq, xd, xs, hidden):
     for job in prange(-(-d_ff // JOB_ROWS)):
         tmp_f = np.empty(1, np.float32)
         tmp_u = tmp_f.view(np.uint32)
+        gu = np.empty(2, np.float32)  # gate_r . x, up_r . x
         for r in range(job * JOB_ROWS, min(d_ff, (job + 1) * JOB_ROWS)):
-            g = _dot1(a[WGATE] + r * st[WGATE], q41[WGATE], xa, xda, xsa, nb)
-            u = _dot1(a[WUP] + r * st[WUP], q41[WUP], xa, xda, xsa, nb)
-            hidden[r] = (_v_silu(g, tmp_f, tmp_u) if r < n8 else _silu_scalar(g)) * u
+            dot_any(kinds[WGATE], 1, a[WGATE] + r * st[WGATE], xa, 0, xda, xsa, 0, nb, gu.ctypes.data, 0)
+            dot_any(kinds[WUP], 1, a[WUP] + r * st[WUP], xa, 0, xda, xsa, 0, nb, gu.ctypes.data + 4, 0)
+            hidden[r] = (_v_silu(gu[0], tmp_f, tmp_u) if r < n8 else _silu_scalar(gu[0])) * gu[1]
 
 
 @njit(cache=True, inline="always")
@@ -242,12 +235,12 @@ def _attention(q, kc, vc, n_head, n_kv_head, n_kv, scale, out):
 
 
 @njit(cache=True)
-def _decode_layers(h, pos, addr, stride, q4_1, n_rows, attn_norm, ffn_norm, eps, k_cache, v_cache,
+def _decode_layers(h, pos, addr, stride, kind, n_rows, attn_norm, ffn_norm, eps, k_cache, v_cache,
                    n_head, n_kv_head, head_dim, n_rot, neox, theta_scale, freq_scale, scale):
     """All layers of one decode step; ``h (d_model,)`` float32 updated in place.
 
-    ``addr, stride, q4_1, n_rows: (n_layer, 7)``: each matrix's GGUF rows (address, row bytes, Q4_1
-    or Q8_0, rows) in :data:`MATRICES` order. ``k_cache, v_cache: (n_layer, n_ctx, n_kv_head, d)``
+    ``addr, stride, kind, n_rows: (n_layer, 7)``: each matrix's GGUF rows (address, row bytes,
+    ``ggml_simd.KIND`` of its type, rows) in :data:`MATRICES` order. ``k_cache, v_cache: (n_layer, n_ctx, n_kv_head, d)``
     float16 bits, written at ``pos``.
     """
     n_layer, d_model = attn_norm.shape
@@ -269,11 +262,11 @@ def _decode_layers(h, pos, addr, stride, q4_1, n_rows, attn_norm, ffn_norm, eps,
     positions = np.full(1, pos, np.int64)
     nbm, nbf = d_model // 32, d_ff // 32
     for layer in range(n_layer):
-        a, st, q41 = addr[layer], stride[layer], q4_1[layer]
+        a, st, kinds = addr[layer], stride[layer], kind[layer]
         # -- attention
         _rms_norm(h, attn_norm[layer], eps, x[:d_model])
         _quantize(x[:d_model], xq[:d_model], xd[:nbm], xs[:nbm])
-        _qkv(a, st, q41, dq, dkv, xq[:d_model], xd[:nbm], xs[:nbm], q, k, v)
+        _qkv(a, st, kinds, dq, dkv, xq[:d_model], xd[:nbm], xs[:nbm], q, k, v)
         _rope_cache(positions, n_rot // 2, theta_scale[layer], freq_scale, cos_c, sin_c)
         _rope(q, n_head, head_dim, n_rot, neox, cos_c, sin_c)
         _rope(k, n_kv_head, head_dim, n_rot, neox, cos_c, sin_c)
@@ -283,15 +276,15 @@ def _decode_layers(h, pos, addr, stride, q4_1, n_rows, attn_norm, ffn_norm, eps,
                 v_cache[layer, pos, hh, j] = f32_to_f16_bits(v[hh * head_dim + j])
         _attention(q, k_cache[layer], v_cache[layer], n_head, n_kv_head, pos + 1, scale, att)
         _quantize(att, xq[:dq], xd[:dq // 32], xs[:dq // 32])
-        _matvec(a[WO], st[WO], q41[WO], d_model, xq[:dq], xd[:dq // 32], xs[:dq // 32], y)
+        _matvec(a[WO], st[WO], kinds[WO], d_model, xq[:dq], xd[:dq // 32], xs[:dq // 32], y)
         for i in range(d_model):
             h[i] = h[i] + y[i]
         # -- feed-forward
         _rms_norm(h, ffn_norm[layer], eps, x[:d_model])
         _quantize(x[:d_model], xq[:d_model], xd[:nbm], xs[:nbm])
-        _gate_up_swiglu(a, st, q41, d_ff, xq[:d_model], xd[:nbm], xs[:nbm], hidden)
+        _gate_up_swiglu(a, st, kinds, d_ff, xq[:d_model], xd[:nbm], xs[:nbm], hidden)
         _quantize(hidden, xq[:d_ff], xd[:nbf], xs[:nbf])
-        _matvec(a[WDOWN], st[WDOWN], q41[WDOWN], d_model, xq[:d_ff], xd[:nbf], xs[:nbf], y)
+        _matvec(a[WDOWN], st[WDOWN], kinds[WDOWN], d_model, xq[:d_ff], xd[:nbf], xs[:nbf], y)
         for i in range(d_model):
             h[i] = h[i] + y[i]
 
@@ -308,14 +301,14 @@ class FusedDecodeStep:
         n = s.n_layer
         self.addr = np.empty((n, 7), np.int64)
         self.stride = np.empty((n, 7), np.int64)
-        self.q4_1 = np.empty((n, 7), np.bool_)
+        self.kind = np.empty((n, 7), np.int64)
         self.n_rows = np.empty((n, 7), np.int64)
         for i, lw in enumerate(decoder.layers):
             for j, name in enumerate(MATRICES):
                 w = getattr(lw, name)
                 self.addr[i, j] = w.raw.ctypes.data  # the memory map stays open with decoder.gguf
                 self.stride[i, j] = w.raw.strides[0]
-                self.q4_1[i, j] = w.qtype == GGMLType.Q4_1
+                self.kind[i, j] = KIND[w.qtype]
                 self.n_rows[i, j] = w.n_out
         self.attn_norm = np.ascontiguousarray(np.stack([lw.attn_norm for lw in decoder.layers]), np.float32)
         self.ffn_norm = np.ascontiguousarray(np.stack([lw.ffn_norm for lw in decoder.layers]), np.float32)
@@ -328,7 +321,7 @@ class FusedDecodeStep:
         dec, s = self.decoder, self.decoder.spec
         cache.check_room(1)
         h = np.ascontiguousarray(dec.embed(np.array([token]))[0], np.float32)
-        _decode_layers(h, cache.n_past, self.addr, self.stride, self.q4_1, self.n_rows, self.attn_norm,
+        _decode_layers(h, cache.n_past, self.addr, self.stride, self.kind, self.n_rows, self.attn_norm,
                        self.ffn_norm, np.float32(s.norm_eps), cache.k.view(np.uint16), cache.v.view(np.uint16),
                        s.n_head, s.n_kv_head, s.head_dim_k, s.rope_dims, s.traits.rope_mode == "neox",
                        self.theta_scale, np.float32(s.rope_freq_scale), np.float32(s.attn_scale))
