@@ -138,7 +138,7 @@ def test_vs_llama_cpp_ratios_are_the_quotients_of_the_medians(result_vs):
 def test_a_child_peak_rss_is_its_own_not_its_parents():
     """On Linux a child's ru_maxrss starts at its parent's RSS; the child's reported peak must not."""
     ballast = np.ones(300_000_000 // 8)  # 300 MB resident in this (parent) process
-    code = bench._CHILD_RSS + "\nprint(json.dumps({'peak': peak_rss(), 'ru': ru_maxrss()}))\n"
+    code = bench._CHILD_RSS + "\nprint(json.dumps({'peak': peak_rss_bytes(), 'ru': ru_maxrss_bytes()}))\n"
     child = bench._run_child(code)
     assert child["peak"] < 150e6, child
     assert bench.peak_rss_bytes() >= ballast.nbytes

@@ -32,6 +32,7 @@ The result is a JSON-able dict (:func:`run`) with the machine it ran on;
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 import os
 import platform
@@ -202,28 +203,8 @@ def bench_ours(model, n_prompt: int, n_decode: int, reps: int, numerics: str | N
 # -- llama.cpp, in a child process of its own ---------------------------------------------------
 # The child's memory figures: VmHWM is the peak of the child's own image (reset at exec); its
 # ru_maxrss starts at the parent's RSS on Linux, so it is recorded but not used as the peak.
-_CHILD_RSS = r"""
-import json, resource, sys
-
-def rss_now():
-    out = {}
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                    out[key] = int(val.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-def ru_maxrss():
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024
-
-def peak_rss():
-    return rss_now().get("VmHWM") or ru_maxrss()
-"""
+_CHILD_RSS = "import json, resource, sys\n\n" + "\n\n".join(
+    inspect.getsource(f) for f in (rss_now, ru_maxrss_bytes, peak_rss_bytes))  # the functions above, verbatim
 
 # Reads {"path", "prompt", "n_decode", "reps", "n_threads"} as JSON on stdin; prints one JSON line.
 # Imports only numpy and llama_cpp, so its RSS is llama.cpp's plus an interpreter's.
@@ -263,7 +244,7 @@ for _ in range(reps):
     decode.append(time.perf_counter() - t0)
 end = rss_now()
 print(json.dumps({"load_s": load_s, "prefill_s": prefill, "decode_s": decode,
-                  "peak_rss_bytes": peak_rss(), "ru_maxrss_bytes": ru_maxrss(),
+                  "peak_rss_bytes": peak_rss_bytes(), "ru_maxrss_bytes": ru_maxrss_bytes(),
                   "rss_before_load_bytes": before.get("VmRSS"), "rss_anon_bytes": end.get("RssAnon"),
                   "rss_file_bytes": end.get("RssFile")}))
 """
