@@ -20,7 +20,11 @@ then ``hsum8(acc) + summs`` -- exactly :func:`.ggml_exact.matmul_ggml`'s value,
 bit for bit (tested). Q8_0 x Q8_0 is the same with ``qx`` loaded as 32 int8
 and ``p16 = pmaddubsw(|qx|, sign(qy, qx))`` (no saturation: |q_y| <= 127);
 Q5_0 x Q8_0 builds its int8 ``qx`` from nibbles and fifth bits, then does the
-same. One intrinsic, :func:`dot_row`, does all three, for one token (decode)
+same. The K-quants pair with Q8_K activations (super-blocks of 256): Q6_K as
+ggml's ``ggml_vec_dot_q6_K_q8_K``, Q4_K as the repacked kernels llama.cpp's
+AVX2 build actually runs for it (``ggml_gemv/gemm_q4_K_8x8_q8_K``, see
+:func:`_emit_q4_K`) -- computed here on the file's own row layout. One
+intrinsic, :func:`dot_row`, does all five weight types, for one token (decode)
 or four (prefill: each weight block unpacked once for the four).
 
 The kernels read the weight rows straight from the GGUF bytes (the
@@ -41,14 +45,16 @@ from numba.extending import intrinsic
 
 from ..foundation.errors import ConfigError
 from ..foundation.ggml_types import GGMLType
+from .kquants import SIZEOF_BLOCK_Q4_K, SIZEOF_BLOCK_Q6_K
 from .legacy import SIZEOF_BLOCK_Q4_1, SIZEOF_BLOCK_Q5_0, SIZEOF_BLOCK_Q8_0
 from .matmul import QMatrix
-from .q8 import quantize_q8_32_planes
+from .q8 import quantize_q8_32_planes, quantize_q8_K_planes
 
-SUPPORTED = (GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0)
+SUPPORTED = (GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_K, GGMLType.Q6_K)
 # weight kinds of dot_row (a literal): the block layout and the activations' Q8 type
-KIND_Q8_0, KIND_Q4_1, KIND_Q5_0 = 0, 1, 2
-KIND = {GGMLType.Q8_0: KIND_Q8_0, GGMLType.Q4_1: KIND_Q4_1, GGMLType.Q5_0: KIND_Q5_0}
+KIND_Q8_0, KIND_Q4_1, KIND_Q5_0, KIND_Q4_K, KIND_Q6_K = 0, 1, 2, 3, 4
+KIND = {GGMLType.Q8_0: KIND_Q8_0, GGMLType.Q4_1: KIND_Q4_1, GGMLType.Q5_0: KIND_Q5_0,
+        GGMLType.Q4_K: KIND_Q4_K, GGMLType.Q6_K: KIND_Q6_K}
 HAS_AVX2 = "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
 
 I8, I16, I32, I64, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.HalfType(), ir.FloatType()
@@ -85,19 +91,36 @@ def _pairs(builder, v, n: int):
     return builder.add(even, odd)
 
 
-def _lane_sums(builder, qx_u8, qy_i8):
-    """``<8 x i32>`` lane sums ``sum_{j=4l}^{4l+3} qx_j * qy_j`` of unsigned ``qx`` and signed ``qy`` (32 x i8).
-
-    AVX2: ``pmaddubsw`` then ``pmaddwd`` with ones (the two instructions ggml uses); elsewhere the
-    same integers from widened products. The int16 pair sums cannot saturate for our operands
-    (at most 2 * 128 * 127 in magnitude).
-    """
+def _maddubs(builder, qx_u8, qy_i8):
+    """``pmaddubsw``: ``<16 x i16>`` pair sums ``qx_2j qy_2j + qx_2j+1 qy_2j+1`` of unsigned ``qx`` and
+    signed ``qy`` (32 x i8). Elsewhere the same integers from widened products: our operands never
+    reach the instruction's int16 saturation (at most 2 * 128 * 127 in magnitude)."""
     if HAS_AVX2:
-        maddubs = _function(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(I16, 16), [_vec(I8, 32)] * 2)
-        maddwd = _function(builder, "llvm.x86.avx2.pmadd.wd", _vec(I32, 8), [_vec(I16, 16)] * 2)
-        return builder.call(maddwd, [builder.call(maddubs, [qx_u8, qy_i8]), _splat(I16, 16, 1)])
-    products = builder.mul(builder.zext(qx_u8, _vec(I16, 32)), builder.sext(qy_i8, _vec(I16, 32)))
-    return _pairs(builder, builder.sext(_pairs(builder, products, 32), _vec(I32, 16)), 16)
+        return builder.call(_function(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(I16, 16), [_vec(I8, 32)] * 2),
+                            [qx_u8, qy_i8])
+    return _pairs(builder, builder.mul(builder.zext(qx_u8, _vec(I16, 32)), builder.sext(qy_i8, _vec(I16, 32))), 32)
+
+
+def _maddwd(builder, a16, b16):
+    """``pmaddwd``: ``<8 x i32>`` pair sums ``a_2j b_2j + a_2j+1 b_2j+1`` of two ``<16 x i16>``."""
+    if HAS_AVX2:
+        return builder.call(_function(builder, "llvm.x86.avx2.pmadd.wd", _vec(I32, 8), [_vec(I16, 16)] * 2),
+                            [a16, b16])
+    return _pairs(builder, builder.mul(builder.sext(a16, _vec(I32, 16)), builder.sext(b16, _vec(I32, 16))), 16)
+
+
+def _lane_sums(builder, qx_u8, qy_i8):
+    """``<8 x i32>`` lane sums ``sum_{j=4l}^{4l+3} qx_j * qy_j`` of unsigned ``qx`` and signed ``qy`` (32 x i8):
+    ``pmaddubsw`` then ``pmaddwd`` with ones, the two instructions ggml uses."""
+    return _maddwd(builder, _maddubs(builder, qx_u8, qy_i8), _splat(I16, 16, 1))
+
+
+def _hsum_i32(builder, v, n: int = 8):
+    """Sum of the ``n`` int32 lanes of ``v`` (exact: integer order does not matter)."""
+    lanes = [builder.extract_element(v, ir.Constant(I32, i)) for i in range(n)]
+    while len(lanes) > 1:
+        lanes = [builder.add(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
+    return lanes[0]
 
 
 def _hsum8(builder, acc):
@@ -143,19 +166,178 @@ def _weight_block(builder, kind: int, blk):
 
 # -- the dot product ----------------------------------------------------------------------
 TOKENS_PER_PASS = 4  # prefill: tokens that share one unpacking of a weight block
-BLOCK_BYTES = {KIND_Q4_1: SIZEOF_BLOCK_Q4_1, KIND_Q8_0: SIZEOF_BLOCK_Q8_0, KIND_Q5_0: SIZEOF_BLOCK_Q5_0}
+BLOCK_BYTES = {KIND_Q4_1: SIZEOF_BLOCK_Q4_1, KIND_Q8_0: SIZEOF_BLOCK_Q8_0, KIND_Q5_0: SIZEOF_BLOCK_Q5_0,
+               KIND_Q4_K: SIZEOF_BLOCK_Q4_K, KIND_Q6_K: SIZEOF_BLOCK_Q6_K}
+
+
+class _Operands:
+    """Addresses of one token's operands in :func:`dot_row` (i64 values), and how to load from them."""
+
+    def __init__(self, builder, args, t: int):
+        _, _, self.w, x, x_stride, xd, xd_stride, xs, xs_stride, _, out, out_stride = args
+        tok = ir.Constant(I64, t)
+        self.builder = builder
+        self.x = builder.add(x, builder.mul(tok, x_stride))  # int8 quants
+        self.xd = builder.add(xd, builder.mul(tok, xd_stride))  # float32 scales, one per block
+        self.xs = builder.add(xs, builder.mul(tok, xs_stride))  # Q8_1: float32 s; Q8_K: int16 bsums
+        self.out = builder.add(out, builder.mul(tok, out_stride))
+
+    def store(self, value):
+        self.builder.store(value, self.builder.inttoptr(self.out, F32.as_pointer()), align=4)
+
+
+def _emit_q32(builder, kind: int, n_t: int, args, nb):
+    """Blocks of 32 (Q4_1 x Q8_1, Q8_0 / Q5_0 x Q8_0): ggml's ``vec_dot`` (see the module docstring)."""
+    tok = [_Operands(builder, args, t) for t in range(n_t)]
+    const = lambda v: ir.Constant(I64, v)  # noqa: E731
+    v8f = _vec(F32, 8)
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(n_t)]
+    summs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n_t)]
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        b4, b32 = builder.mul(b, const(4)), builder.mul(b, const(32))
+        d_w, m_w, qx, negative = _weight_block(builder, kind, builder.add(tok[0].w, builder.mul(b, const(BLOCK_BYTES[kind]))))
+        for t, op in enumerate(tok):
+            qy = _load(builder, _vec(I8, 32), op.x, b32)
+            if negative is not None:
+                qy = builder.select(negative, builder.neg(qy), qy)
+            d_x = _load(builder, F32, op.xd, b4, 4)
+            if m_w is not None:  # summs += m_w * s_x: two roundings, not fused (as ggml's binary does)
+                s_x = _load(builder, F32, op.xs, b4, 4)
+                builder.store(builder.fadd(builder.load(summs[t]), builder.fmul(m_w, s_x)), summs[t])
+            acc = _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, qy), builder.load(accs[t]))
+            builder.store(acc, accs[t])
+    for t, op in enumerate(tok):
+        total = _hsum8(builder, builder.load(accs[t]))
+        if kind == KIND_Q4_1:
+            total = builder.fadd(total, builder.load(summs[t]))
+        op.store(total)
+
+
+def _splat_lane(builder, v, lane: int, n: int):
+    """Lane ``lane`` of vector ``v`` repeated ``n`` times."""
+    return builder.shuffle_vector(v, v, _indices([lane] * n))
+
+
+def _q4_K_scales_mins(builder, blk):
+    """The 8 six-bit scales and 8 mins of a Q4_K super-block as ``<16 x i16>`` (scales, then mins):
+    ggml's ``utmp`` shuffle of the 12 packed bytes at ``blk + 4``."""
+    u0, u1, u2 = (_load(builder, I32, blk, 4 + 4 * i) for i in range(3))
+    c = lambda v: ir.Constant(I32, v)  # noqa: E731
+    low6, low4, top2 = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
+    sc_lo = builder.and_(u0, low6)  # scales 0..3
+    sc_hi = builder.or_(builder.and_(u2, low4), builder.shl(builder.and_(builder.lshr(u0, c(6)), top2), c(4)))
+    mn_lo = builder.and_(u1, low6)  # mins 0..3
+    mn_hi = builder.or_(builder.and_(builder.lshr(u2, c(4)), low4), builder.shl(builder.and_(builder.lshr(u1, c(6)), top2), c(4)))
+    words = ir.Constant(_vec(I32, 4), ir.Undefined)
+    for i, w in enumerate((sc_lo, sc_hi, mn_lo, mn_hi)):
+        words = builder.insert_element(words, w, ir.Constant(I32, i))
+    return builder.zext(builder.bitcast(words, _vec(I8, 16)), _vec(I16, 16))
+
+
+def _emit_q4_K(builder, n_t: int, args, nb):
+    """Q4_K x Q8_K as llama.cpp's AVX2 build runs it: the repacked kernels of its CPU_REPACK buffer
+    (which takes every Q4_K matrix with a multiple of 8 rows). Exact integers per sub-block ``j``,
+    ``isum_j = sc_j sum_i q_i y_i`` and ``imin_j = m_j sum_i y_i``, then two FMA chains per row::
+
+        acc  = fma(float(isum), d_w * d_y, acc)        accm = fma(float(imin), dmin_w * d_y, accm)
+
+    folding the integers of a whole super-block per FMA for one token (``ggml_gemv_q4_K_8x8_q8_K``)
+    and of each pair of sub-blocks for four (``ggml_gemm_q4_K_8x8_q8_K``); the result ``acc - accm``."""
+    tok = [_Operands(builder, args, t) for t in range(n_t)]
+    const = lambda v: ir.Constant(I64, v)  # noqa: E731
+    fma = _function(builder, "llvm.fma.f32", F32, [F32] * 3)
+    zero, zeros8 = ir.Constant(F32, 0.0), ir.Constant(_vec(I32, 8), [ir.Constant(I32, 0)] * 8)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_t)]
+    accms = [cgutils.alloca_once_value(builder, zero) for _ in range(n_t)]
+    groups = [[0, 1, 2, 3]] if n_t == 1 else [[0], [1], [2], [3]]  # sub-block pairs per FMA
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        blk = builder.add(tok[0].w, builder.mul(b, const(SIZEOF_BLOCK_Q4_K)))
+        d_w = builder.fpext(_load(builder, F16, blk), F32)
+        dmin_w = builder.fpext(_load(builder, F16, blk, 2), F32)
+        sm = _q4_K_scales_mins(builder, blk)
+        scale = [_splat_lane(builder, sm, j, 16) for j in range(8)]
+        mins = builder.zext(builder.shuffle_vector(sm, sm, _indices(range(8, 16))), _vec(I32, 8))
+        quants = []  # (low nibbles, high nibbles) of each 64 weights: sub-blocks 2p and 2p+1
+        for p in range(4):
+            qs = _load(builder, _vec(I8, 32), blk, 16 + 32 * p)
+            quants.append((builder.and_(qs, _splat(I8, 32, 15)), builder.lshr(qs, _splat(I8, 32, 4))))
+        for t, op in enumerate(tok):
+            y = builder.add(op.x, builder.mul(b, const(256)))
+            bsums = builder.sext(_load(builder, _vec(I16, 16), op.xs, builder.mul(b, const(32)), 2), _vec(I32, 16))
+            min_terms = builder.mul(_pairs(builder, bsums, 16), mins)  # m_j * (sum of y over sub-block j)
+            d_y = _load(builder, F32, op.xd, builder.mul(b, const(4)), 4)
+            dd, ddm = builder.fmul(d_w, d_y), builder.fmul(dmin_w, d_y)
+            for pairs in groups:
+                lanes, imin = zeros8, None
+                for p in pairs:
+                    lo, hi = quants[p]
+                    y_lo, y_hi = _load(builder, _vec(I8, 32), y, 64 * p), _load(builder, _vec(I8, 32), y, 64 * p + 32)
+                    lanes = builder.add(lanes, _maddwd(builder, _maddubs(builder, lo, y_lo), scale[2 * p]))
+                    lanes = builder.add(lanes, _maddwd(builder, _maddubs(builder, hi, y_hi), scale[2 * p + 1]))
+                    pm = builder.add(builder.extract_element(min_terms, ir.Constant(I32, 2 * p)),
+                                     builder.extract_element(min_terms, ir.Constant(I32, 2 * p + 1)))
+                    imin = pm if imin is None else builder.add(imin, pm)
+                builder.store(builder.call(fma, [builder.sitofp(_hsum_i32(builder, lanes), F32), dd,
+                                                 builder.load(accs[t])]), accs[t])
+                builder.store(builder.call(fma, [builder.sitofp(imin, F32), ddm, builder.load(accms[t])]), accms[t])
+    for t, op in enumerate(tok):
+        op.store(builder.fsub(builder.load(accs[t]), builder.load(accms[t])))
+
+
+def _emit_q6_K(builder, n_t: int, args, nb):
+    """Q6_K x Q8_K: ggml's AVX2 ``ggml_vec_dot_q6_K_q8_K``. Per 32 weights (chunk ``k`` of half ``j``)
+    the unsigned 6-bit ``q = ql | qh << 4`` times ``y`` (``pmaddubsw``), times the two 16-weight scales
+    (``pmaddwd``), into 8 int32 lanes; the offset ``-32`` enters once per super-block through the
+    bsums: lane ``l`` loses ``32 (sc_2l bsum_2l + sc_2l+1 bsum_2l+1)``. Then
+    ``acc = fma(d_y * d_w, float(lanes), acc)``; the result ``hsum8(acc)``."""
+    tok = [_Operands(builder, args, t) for t in range(n_t)]
+    const = lambda v: ir.Constant(I64, v)  # noqa: E731
+    v8f = _vec(F32, 8)
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(n_t)]
+    m4, m3 = _splat(I8, 32, 15), _splat(I8, 32, 3)
+    shift = lambda v, n: builder.lshr(v, _splat(I8, 32, n))  # noqa: E731
+    high = lambda h, n: builder.shl(builder.and_(shift(h, n) if n else h, m3), _splat(I8, 32, 4))  # noqa: E731
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        blk = builder.add(tok[0].w, builder.mul(b, const(SIZEOF_BLOCK_Q6_K)))
+        d_w = builder.fpext(_load(builder, F16, blk, 208), F32)
+        sc = builder.sext(_load(builder, _vec(I8, 16), blk, 192), _vec(I16, 16))
+        chunks = []  # (6-bit quants, scales as 8 + 8 int16) of weights 128 j + 32 k .. + 31
+        for j in range(2):
+            ql1, ql2 = _load(builder, _vec(I8, 32), blk, 64 * j), _load(builder, _vec(I8, 32), blk, 64 * j + 32)
+            qh = _load(builder, _vec(I8, 32), blk, 128 + 32 * j)
+            q = (builder.or_(builder.and_(ql1, m4), high(qh, 0)), builder.or_(builder.and_(ql2, m4), high(qh, 2)),
+                 builder.or_(shift(ql1, 4), high(qh, 4)), builder.or_(shift(ql2, 4), high(qh, 6)))
+            for k in range(4):
+                s = 8 * j + 2 * k
+                chunks.append((q[k], builder.shuffle_vector(sc, sc, _indices([s] * 8 + [s + 1] * 8))))
+        for t, op in enumerate(tok):
+            y = builder.add(op.x, builder.mul(b, const(256)))
+            lanes = ir.Constant(_vec(I32, 8), [ir.Constant(I32, 0)] * 8)
+            for c, (q, scale) in enumerate(chunks):
+                lanes = builder.add(lanes, _maddwd(builder, scale, _maddubs(builder, q, _load(builder, _vec(I8, 32), y, 32 * c))))
+            bsums = _load(builder, _vec(I16, 16), op.xs, builder.mul(b, const(32)), 2)
+            lanes = builder.sub(lanes, builder.shl(_maddwd(builder, bsums, sc), _splat(I32, 8, 5)))  # the -32 offset
+            d_y = _load(builder, F32, op.xd, builder.mul(b, const(4)), 4)
+            builder.store(_fma_block(builder, builder.fmul(d_y, d_w), lanes, builder.load(accs[t])), accs[t])
+    for t, op in enumerate(tok):
+        op.store(_hsum8(builder, builder.load(accs[t])))
 
 
 @intrinsic
-def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb, out_addr, out_stride):
+def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xd_stride, xs_addr, xs_stride, nb,
+            out_addr, out_stride):
     """One weight row (``nb`` GGUF blocks at ``w_addr``) times ``n_tok`` tokens' 8-bit activations, in
-    one pass over the blocks: each block is unpacked once and used for every token; per token the
-    operations of the module docstring, so each result is ggml's ``vec_dot`` bit for bit. Token ``t``'s
-    result goes to ``out_addr + t * out_stride`` (float32).
+    one pass over the blocks: each block is unpacked once and used for every token; per token
+    llama.cpp's operations, bit for bit. Token ``t``'s result goes to ``out_addr + t * out_stride``
+    (float32).
 
-    ``kind``: :data:`KIND_Q4_1` (x Q8_1), :data:`KIND_Q8_0` or :data:`KIND_Q5_0` (x Q8_0); ``kind`` and
-    ``n_tok`` must be integer literals. Token ``t``'s quants are at ``x_addr + t * x_stride``, its
-    scales ``d`` (and Q8_1's ``s``) at ``xd_addr`` (``xs_addr``) ``+ t * s_stride``.
+    ``kind`` (an integer literal, as ``n_tok``): :data:`KIND_Q4_1` (x Q8_1), :data:`KIND_Q8_0` or
+    :data:`KIND_Q5_0` (x Q8_0), :data:`KIND_Q4_K` or :data:`KIND_Q6_K` (x Q8_K; ``nb`` super-blocks).
+    Token ``t``'s int8 quants are at ``x_addr + t * x_stride``, its float32 block scales at
+    ``xd_addr + t * xd_stride`` and its Q8_1 sums (float32) or Q8_K bsums (int16) at ``xs_addr + t * xs_stride``.
     """
     from numba.core.errors import TypingError
 
@@ -163,60 +345,52 @@ def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xs_addr, 
         if not isinstance(arg, types.IntegerLiteral):
             raise TypingError(f"dot_row: {name} must be an integer literal")
     w_kind, n_t = kind.literal_value, n_tok.literal_value
-    with_min = w_kind == KIND_Q4_1
-    sig = types.none(kind, n_tok, *([types.int64] * 9))
+    if w_kind not in BLOCK_BYTES:
+        raise TypingError(f"dot_row: unknown kind {w_kind}")
+    sig = types.none(kind, n_tok, *([types.int64] * 10))
 
     def codegen(context, builder, signature, args):
-        _, _, w_addr, x_addr, x_stride, xd_addr, xs_addr, s_stride, nb, out_addr, out_stride = args
-        const = lambda v: ir.Constant(I64, v)  # noqa: E731
-        v8f = _vec(F32, 8)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(n_t)]
-        summs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n_t)]
-        with cgutils.for_range(builder, nb) as loop:
-            b = loop.index
-            b4, b32 = builder.mul(b, const(4)), builder.mul(b, const(32))
-            d_w, m_w, qx, negative = _weight_block(builder, w_kind, builder.add(w_addr, builder.mul(b, const(BLOCK_BYTES[w_kind]))))
-            for t in range(n_t):
-                qy = _load(builder, _vec(I8, 32), builder.add(x_addr, builder.mul(const(t), x_stride)), b32)
-                if negative is not None:
-                    qy = builder.select(negative, builder.neg(qy), qy)
-                sa = builder.mul(const(t), s_stride)
-                d_x = _load(builder, F32, builder.add(xd_addr, sa), b4, 4)
-                if with_min:  # summs += m_w * s_x: two roundings, not fused (as ggml's binary does)
-                    s_x = _load(builder, F32, builder.add(xs_addr, sa), b4, 4)
-                    builder.store(builder.fadd(builder.load(summs[t]), builder.fmul(m_w, s_x)), summs[t])
-                acc = _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, qy), builder.load(accs[t]))
-                builder.store(acc, accs[t])
-        for t in range(n_t):
-            total = _hsum8(builder, builder.load(accs[t]))
-            if with_min:
-                total = builder.fadd(total, builder.load(summs[t]))
-            dst = builder.add(out_addr, builder.mul(const(t), out_stride))
-            builder.store(total, builder.inttoptr(dst, F32.as_pointer()), align=4)
+        nb = args[9]
+        if w_kind == KIND_Q4_K:
+            _emit_q4_K(builder, n_t, args, nb)
+        elif w_kind == KIND_Q6_K:
+            _emit_q6_K(builder, n_t, args, nb)
+        else:
+            _emit_q32(builder, w_kind, n_t, args, nb)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @njit(cache=True, inline="always")
-def dot_any(kind, n_tok, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride):
+def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride):
     """:func:`dot_row` for a ``kind`` known at run time and ``n_tok`` of 1 or :data:`TOKENS_PER_PASS`
     (each branch passes literals, so each compiles its own specialised loop)."""
     if kind == KIND_Q4_1:
         if n_tok == 1:
-            dot_row(1, 1, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+            dot_row(1, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
         else:
-            dot_row(1, 4, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+            dot_row(1, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
     elif kind == KIND_Q8_0:
         if n_tok == 1:
-            dot_row(0, 1, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+            dot_row(0, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
         else:
-            dot_row(0, 4, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+            dot_row(0, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+    elif kind == KIND_Q5_0:
+        if n_tok == 1:
+            dot_row(2, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        else:
+            dot_row(2, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+    elif kind == KIND_Q4_K:
+        if n_tok == 1:
+            dot_row(3, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        else:
+            dot_row(3, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
     else:
         if n_tok == 1:
-            dot_row(2, 1, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+            dot_row(4, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
         else:
-            dot_row(2, 4, w, xa, x_stride, xda, xsa, s_stride, nb, oa, o_stride)
+            dot_row(4, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
 
 
 # -- matrix products --------------------------------------------------------------------
@@ -228,8 +402,8 @@ def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
     t = 0
     while t < n_tok:
         step = TOKENS_PER_PASS if t + TOKENS_PER_PASS <= n_tok else 1
-        dot_any(kind, step, w0 + r * row_stride, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data,
-                xs[t].ctypes.data, xd.strides[0], nb, out[t, r:].ctypes.data, out.strides[0])
+        dot_any(kind, step, w0 + r * row_stride, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xd.strides[0],
+                xs[t].ctypes.data, xs.strides[0], nb, out[t, r:].ctypes.data, out.strides[0])
         t += step
 
 
@@ -249,12 +423,17 @@ def _mm_serial(raw, kind, xq, xd, xs, out):
 
 
 def quantize_activations(qtype: GGMLType, x: np.ndarray):
-    """The 8-bit activations llama.cpp pairs with ``qtype`` (x86 rounding): Q8_1 for Q4_1, Q8_0 for Q8_0 / Q5_0.
+    """The 8-bit activations llama.cpp pairs with ``qtype`` (x86 rounding), as planes ``(xq, xd, xs)``.
 
-    ``x (n_tok, n_in)`` -> ``xq (n_tok, n_in) int8, xd, xs (n_tok, n_in/32) float32`` (``xs`` zeros for Q8_0).
+    ``x (n_tok, n_in)`` -> ``xq (n_tok, n_in) int8`` and: Q8_1 for Q4_1 (``xd``, ``xs (n_tok, n_in/32)
+    float32``), Q8_0 for Q8_0 / Q5_0 (``xs`` zeros), Q8_K for Q4_K / Q6_K (``xd (n_tok, n_in/256)
+    float32``, ``xs`` = bsums ``(n_tok, n_in/16) int16``).
     """
     if qtype == GGMLType.Q4_1:
         return quantize_q8_32_planes(x, True, "x86")
+    if qtype in (GGMLType.Q4_K, GGMLType.Q6_K):
+        xq, xd, bsums = quantize_q8_K_planes(x)
+        return xq, xd, bsums.astype(np.int16)
     xq, xd = quantize_q8_32_planes(x, False, "x86")
     return xq, xd, np.zeros_like(xd)
 
@@ -268,7 +447,8 @@ def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray)
 
 
 def matmul_simd(w: QMatrix, x: np.ndarray) -> np.ndarray:
-    """``y = x @ W.T`` bit-identical to :func:`.ggml_exact.matmul_ggml` (llama.cpp's AVX2 result).
+    """``y = x @ W.T`` as llama.cpp's AVX2 CPU backend computes it, bit for bit (for Q4_1 / Q8_0 also
+    :func:`.ggml_exact.matmul_ggml`'s scalar result).
 
     ``x (n_tok, n_in)`` or ``(n_in,)`` float32 -> ``(n_tok, n_out)`` / ``(n_out,)`` float32.
     """

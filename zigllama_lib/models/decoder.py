@@ -26,7 +26,7 @@ product goes through layer 2's quantised kernels.
   logits (measured: 4e-5 over 5 tokens of SmolLM2). llama.cpp's *default*
   float16 KV cache alone moves its own logits by ~0.02 on the same input.
 * ``"llama.cpp"``: llama.cpp's x86 AVX2 CPU arithmetic, reproduced bit for
-  bit where it matters (layer 2's ``ggml_simd`` for Q4_1/Q5_0/Q8_0 weights --
+  bit where it matters (layer 2's ``ggml_simd`` for Q4_1/Q5_0/Q8_0/Q4_K/Q6_K weights --
   the SIMD twin of the scalar reference ``ggml_exact.matmul_ggml`` -- layer 3's
   ``ggml_math`` for RMSNorm, RoPE and SwiGLU, layer 4's ``attention_ggml``;
   one-token steps of llama-family models run all of it in one compiled call,
@@ -67,7 +67,7 @@ def _matmul_float(w: QMatrix, x: np.ndarray) -> np.ndarray:
 def _matmul_llama_cpp(w: QMatrix, x: np.ndarray) -> np.ndarray:
     """llama.cpp's AVX2 order where we reproduce it bit for bit, its 8-bit rounding elsewhere."""
     if w.qtype in SIMD_TYPES:
-        return matmul_simd(w, x)  # llama.cpp's AVX2 vec_dot, bit for bit (ggml_exact.matmul_ggml's bits for Q4_1/Q8_0)
+        return matmul_simd(w, x)  # llama.cpp's AVX2 kernels, bit for bit
     return matmul(w, x, "q8_x86")
 
 

@@ -30,7 +30,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
-from ..linear_algebra.ggml_simd import KIND, SUPPORTED as FUSED_TYPES
+from ..foundation.ggml_types import GGMLType
+from ..linear_algebra.ggml_simd import KIND
 from ..linear_algebra.ggml_simd import dot_any, dot_f32_ggml_f16, matmul_simd
 from ..linear_algebra.half import f16_bits_to_f32, f32_to_f16_bits
 from ..linear_algebra.half import to_f16
@@ -41,6 +42,7 @@ from ..transformer.attention_ggml import KV_PAD
 # weight matrices of a block, in the order of the address table
 MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 WQ, WK, WV, WO, WGATE, WUP, WDOWN = range(7)
+FUSED_TYPES = (GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0)  # blocks of 32: one Q8_1 quantisation serves all
 
 
 def unsupported_reason(decoder) -> str | None:
@@ -78,7 +80,7 @@ def _rows(addr, stride, kind, r0, r1, xa, xda, xsa, nb, out):
     bit-exactness fixes, is already overlapped with the next row's by the out-of-order core.)"""
     oa = out.ctypes.data
     for r in range(r0, r1):
-        dot_any(kind, 1, addr + r * stride, xa, 0, xda, xsa, 0, nb, oa + 4 * r, 0)
+        dot_any(kind, 1, addr + r * stride, xa, 0, xda, 0, xsa, 0, nb, oa + 4 * r, 0)
 
 
 @njit(cache=True, parallel=True)
@@ -120,8 +122,8 @@ def _gate_up_swiglu(a, st, kinds, d_ff, xq, xd, xs, hidden):
         tmp_u = tmp_f.view(np.uint32)
         gu = np.empty(2, np.float32)  # gate_r . x, up_r . x
         for r in range(job * JOB_ROWS, min(d_ff, (job + 1) * JOB_ROWS)):
-            dot_any(kinds[WGATE], 1, a[WGATE] + r * st[WGATE], xa, 0, xda, xsa, 0, nb, gu.ctypes.data, 0)
-            dot_any(kinds[WUP], 1, a[WUP] + r * st[WUP], xa, 0, xda, xsa, 0, nb, gu.ctypes.data + 4, 0)
+            dot_any(kinds[WGATE], 1, a[WGATE] + r * st[WGATE], xa, 0, xda, 0, xsa, 0, nb, gu.ctypes.data, 0)
+            dot_any(kinds[WUP], 1, a[WUP] + r * st[WUP], xa, 0, xda, 0, xsa, 0, nb, gu.ctypes.data + 4, 0)
             hidden[r] = (_v_silu(gu[0], tmp_f, tmp_u) if r < n8 else _silu_scalar(gu[0])) * gu[1]
 
 
