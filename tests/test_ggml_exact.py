@@ -338,3 +338,27 @@ def test_fma32_double_rounding_trap():
     # a*b = 1 + 2^-11 + 3*2^-24 is the midpoint above an odd float32: ties-to-even rounds up
     c = np.float32(1 + 2.0 ** -11 + 2.0 ** -23)
     assert fma32(np.float32(1.0), c, np.float32(2.0 ** -24)) == np.float32(1 + 2.0 ** -11 + 2.0 ** -22)
+
+
+def test_gelu_table_is_ggml_table_gelu_f16(ggml_cpu):
+    """Our float16 GELU table against the one ggml fills at ggml_cpu_init (an exported symbol)."""
+    from zigllama_lib.neural_primitives.ggml_math import GELU_F16
+
+    theirs = np.frombuffer((ctypes.c_uint16 * 65536).in_dll(ggml_cpu, "ggml_table_gelu_f16"), np.uint16)
+    finite = np.isfinite(np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16))
+    assert np.array_equal(GELU_F16[finite], theirs[finite])
+
+
+def test_geglu_ggml_by_hand():
+    """The three branches of ggml_vec_geglu_f32, and the tanh GELU to float16 accuracy."""
+    from zigllama_lib.neural_primitives.activations import gelu_tanh
+    from zigllama_lib.neural_primitives.ggml_math import geglu_ggml
+
+    x = np.array([-12.0, -10.0, 10.0, 11.5, 0.0, 1.0, -2.5], np.float32)
+    g = np.array([3.0, 3.0, 2.0, -1.0, 5.0, 2.0, 1.0], np.float32)
+    y = geglu_ggml(x, g)
+    assert y[0] == 0 and y[1] == 0 and y[2] == 20.0 and y[3] == -11.5 and y[4] == 0
+    ref = gelu_tanh(x[5:].astype(np.float64)) * g[5:]
+    assert np.allclose(y[5:], ref, rtol=1e-3)
+    x = np.random.default_rng(0).standard_normal(5000).astype(np.float32) * 4
+    assert np.allclose(geglu_ggml(x, np.ones_like(x)), gelu_tanh(x.astype(np.float64)), rtol=2e-3, atol=1e-4)

@@ -26,6 +26,7 @@ class FamilyTraits:
     post_norms: bool = False  # RMSNorm after attention and after the FFN, before the residual add (Gemma 2/3)
     sliding_window_pattern: int = 0  # every N-th layer is global, the rest use the sliding window (Gemma 3: 6)
     swa_rope_base: float | None = None  # RoPE base of sliding-window layers (Gemma 3: 10000)
+    scale_q: bool = False  # llama.cpp scales Q by the attention scale after RoPE, softmax scale 1 (Gemma 3)
     attn_bias: bool = False  # Q/K/V projections carry biases (Qwen 2)
 
 
@@ -35,7 +36,7 @@ FAMILIES: dict[str, FamilyTraits] = {
     "qwen2": FamilyTraits(rope_mode="neox", attn_bias=True),
     "qwen3": FamilyTraits(rope_mode="neox", qk_norm=True),
     "gemma3": FamilyTraits(rope_mode="neox", activation="gelu", embed_scale=True, qk_norm=True,
-                           post_norms=True, sliding_window_pattern=6, swa_rope_base=10000.0),
+                           post_norms=True, sliding_window_pattern=6, swa_rope_base=10000.0, scale_q=True),
 }
 
 

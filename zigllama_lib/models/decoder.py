@@ -52,7 +52,7 @@ from ..linear_algebra import QMatrix, get_rows, matmul
 from ..linear_algebra.ggml_simd import SUPPORTED as SIMD_TYPES
 from ..linear_algebra.ggml_simd import matmul_simd
 from ..neural_primitives import ACTIVATIONS, apply_rope, rms_norm
-from ..neural_primitives.ggml_math import rms_norm_ggml, rope_ggml, swiglu_ggml
+from ..neural_primitives.ggml_math import geglu_ggml, rms_norm_ggml, rope_ggml, swiglu_ggml
 from ..transformer.attention import attention
 from ..transformer.attention_ggml import attention_ggml
 from ..transformer.kv_cache import KVCache
@@ -72,9 +72,9 @@ def _matmul_llama_cpp(w: QMatrix, x: np.ndarray) -> np.ndarray:
 
 
 def _attention_llama_cpp(q, k, v, n_past, scale, window=None, return_weights=False):
-    if window is not None or return_weights:  # not reproduced bit for bit: rounding mirrored instead
+    if return_weights:  # not reproduced bit for bit: rounding mirrored instead
         return attention(q, k, v, n_past, scale, window=window, f16_products=True, return_weights=return_weights)
-    return attention_ggml(q, k, v, n_past, scale)
+    return attention_ggml(q, k, v, n_past, scale, window=window)
 
 
 def _attention_float(q, k, v, n_past, scale, window=None, return_weights=False):
@@ -92,12 +92,13 @@ class Numerics:
     rope: Callable  # (x, positions, n_rot, base, mode, freq_scale) -> rotated x
     attention: Callable  # (q, k, v, n_past, scale, window, return_weights) -> out
     swiglu: Callable | None  # (gate, up) -> silu(gate) * up, or None for act(gate) * up
+    geglu: Callable | None  # (gate, up) -> gelu(gate) * up, or None for act(gate) * up
 
 
 NUMERICS = {
-    "float": Numerics("float", np.float32, _matmul_float, rms_norm, apply_rope, _attention_float, None),
+    "float": Numerics("float", np.float32, _matmul_float, rms_norm, apply_rope, _attention_float, None, None),
     "llama.cpp": Numerics("llama.cpp", np.float16, _matmul_llama_cpp, rms_norm_ggml, rope_ggml,
-                          _attention_llama_cpp, swiglu_ggml),
+                          _attention_llama_cpp, swiglu_ggml, geglu_ggml),
 }
 
 
@@ -238,9 +239,12 @@ class Decoder:
         base = s.rope_base_for(i)
         q = nm.rope(q, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
         k = nm.rope(k, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
+        scale = s.attn_scale
+        if s.traits.scale_q:  # llama.cpp's Gemma 3 graph: Q * scale after RoPE, softmax scale 1
+            q, scale = q * np.float32(scale), 1.0
         keys, values = cache.store(i, k, v)
         window = s.sliding_window if s.is_sliding(i) else None
-        out = nm.attention(q, keys, values, cache.n_past, s.attn_scale, window=window, return_weights=return_weights)
+        out = nm.attention(q, keys, values, cache.n_past, scale, window=window, return_weights=return_weights)
         if return_weights:
             out, weights = out
             return nm.matmul(lw.wo, out), weights
@@ -252,6 +256,8 @@ class Decoder:
         gate, up = nm.matmul(lw.w_gate, x), nm.matmul(lw.w_up, x)
         if nm.swiglu is not None and self.spec.traits.activation == "silu":
             hidden = nm.swiglu(gate, up)
+        elif nm.geglu is not None and self.spec.traits.activation == "gelu":
+            hidden = nm.geglu(gate, up)
         else:
             hidden = self.activation(gate) * up
         return nm.matmul(lw.w_down, hidden)

@@ -15,6 +15,12 @@ machine. Scalar libm calls (``expf``, ``cosf``, ``sinf``) go through Numba's
   ``ggml_vec_swiglu_f32``: each row in chunks of 8 with ``ggml_v_silu``
   (``x / (1 + v_expf(0 - x))``, times ``g`` for swiglu), the last ``n % 8`` with
   the scalar ``ggml_silu_f32`` (libm ``expf``).
+* :func:`geglu_ggml` -- ``ggml_vec_geglu_f32`` with ``GGML_GELU_FP16``: GELU
+  (tanh form) looked up in a table of all 65536 float16 inputs, ``x <= -10``
+  gives 0 and ``x >= 10`` gives ``x``, then times ``g``. The table entry is
+  ``f16(0.5 x (1 + tanhf(sqrt(2/pi) x fma(0.044715 x, x, 1))))`` -- the FMA is
+  GCC's contraction of ``1.0f + GELU_COEF_A*x*x`` (equal to ggml's exported
+  ``ggml_table_gelu_f16`` at every finite input, tested).
 * :func:`rms_norm_ggml` -- ``ggml_compute_forward_rms_norm_f32``: float32 squares
   summed in order in a double, ``mean = (float)(sum / n)``, ``scale = 1.0f /
   sqrtf(mean + eps)``, ``y = x * scale``; the weight is a separate float
@@ -35,6 +41,7 @@ from numba import njit, prange
 
 from ..foundation.errors import ConfigError
 from ..linear_algebra.ggml_exact import fma_f32
+from ..linear_algebra.half import f16_bits_to_f32, f32_to_f16_bits
 
 _F = np.float32
 SHIFT = _F(float.fromhex("0x1.8p23"))
@@ -146,6 +153,52 @@ def swiglu_ggml(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     gr, ur = _rows(gate), _rows(up)
     out = np.empty_like(gr)
     _swiglu_kernel(gr, ur, out, True)
+    return out.reshape(gate.shape)
+
+
+GELU_COEF_A = np.float32(0.044715)
+SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
+
+
+@njit(cache=True)
+def _gelu_table():
+    """``ggml_table_gelu_f16``: float16 bits of GELU at every float16 bit pattern ``i``."""
+    out = np.empty(65536, np.uint16)
+    for i in range(65536):
+        x = f16_bits_to_f32(np.uint16(i))
+        inner = fma_f32(GELU_COEF_A * x, x, np.float32(1.0))
+        g = np.float32(0.5) * x * (np.float32(1.0) + np.float32(math.tanh(SQRT_2_OVER_PI * x * inner)))
+        out[i] = f32_to_f16_bits(g)
+    return out
+
+
+GELU_F16 = _gelu_table()
+
+
+@njit(cache=True, inline="always")
+def geglu_scalar(x, g, table):
+    """One element of ``ggml_vec_geglu_f32``: ``gelu(x) * g`` through the float16 table."""
+    if x <= np.float32(-10.0):
+        return np.float32(0.0)
+    if x >= np.float32(10.0):
+        return x * g
+    return f16_bits_to_f32(table[f32_to_f16_bits(x)]) * g
+
+
+@njit(cache=True)
+def _geglu_kernel(x, g, table, out):
+    for i in range(x.shape[0]):
+        out[i] = geglu_scalar(x[i], g[i], table)
+
+
+def geglu_ggml(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """``ggml_vec_geglu_f32``: ``gelu(gate) * up`` element-wise with ggml's float16 GELU table."""
+    gate = np.asarray(gate, dtype=np.float32)
+    up = np.asarray(up, dtype=np.float32)
+    if gate.shape != up.shape:
+        raise ConfigError(f"geglu_ggml: gate {gate.shape} and up {up.shape} differ")
+    out = np.empty(gate.size, np.float32)
+    _geglu_kernel(np.ascontiguousarray(gate).reshape(-1), np.ascontiguousarray(up).reshape(-1), GELU_F16, out)
     return out.reshape(gate.shape)
 
 

@@ -93,9 +93,10 @@ def _dot_tinyblas_simd(a, b, n):
 
 
 @njit(cache=True, parallel=True)
-def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, out):
+def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, window, out):
     """q16 (n_tok, n_head, d) f32 holding f16 values; k (n_cols, n_kv_head, d) f32 (f16 values, zero padded);
-    vt (n_kv_head, d_v, n_cols) f32; out (n_tok, n_head, d_v)."""
+    vt (n_kv_head, d_v, n_cols) f32; out (n_tok, n_head, d_v). ``window > 0``: cells more than
+    ``window - 1`` positions back are masked too."""
     n_tok, n_head, d = q16.shape
     n_kv_head = k.shape[1]
     d_v = vt.shape[1]
@@ -105,10 +106,11 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, out):
         h = job % n_head
         kvh = h // group
         n_vis = n_past + t + 1  # causal: cells 0 .. n_past + t
+        first = max(0, n_vis - window) if window > 0 else 0  # sliding window: cells first .. n_past + t
         w = np.empty(n_cols, np.float32)
         qrow = q16[t, h]
         mx = np.float32(-np.inf)
-        for c in range(n_vis):
+        for c in range(first, n_vis):
             krow = k[c, kvh]
             if decode:
                 s = _dot_vec_f16_simd(krow, qrow, d)
@@ -125,7 +127,7 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, out):
             e = np.zeros(8, np.float32)
             for l in range(8):
                 c = c0 + l
-                if c < n_vis:
+                if first <= c < n_vis:
                     e[l] = _v_expf(w[c] - mx, tmp_f, tmp_u)
                 p[c] = e[l]  # masked cells: v_expf(-inf) = 0
             total += np.float64(hsum8(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
@@ -142,7 +144,7 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, out):
 
 
 def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: int, scale: float,
-                   kv_pad: int = KV_PAD) -> np.ndarray:
+                   kv_pad: int = KV_PAD, window: int | None = None) -> np.ndarray:
     """Causal GQA attention as llama.cpp's CPU backend computes it (no flash attention).
 
     Args:
@@ -151,6 +153,8 @@ def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: 
             (at least ``n_past + n_tok`` rows; later rows are ignored).
         scale: the KQ scale (``1/sqrt(d)``).
         kv_pad: llama.cpp's KV-cell padding (256).
+        window: sliding-window length (llama.cpp's standard SWA: query position ``p`` sees key
+            positions ``p - window + 1 .. p``; masked cells get probability 0 like the padding), or None.
     Returns:
         (n_tok, n_head * d_v) float32.
     """
@@ -167,5 +171,5 @@ def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: 
     vt = np.zeros((n_kv_head, d_v, n_cols), np.float32)
     vt[:, :, :n_kv] = np.asarray(v_f16[:n_kv], dtype=np.float16).transpose(1, 2, 0)
     out = np.empty((n_tok, n_head, d_v), np.float32)
-    _attention_kernel(q16, k, vt, n_past, np.float32(scale), n_cols, n_tok == 1, out)
+    _attention_kernel(q16, k, vt, n_past, np.float32(scale), n_cols, n_tok == 1, window or 0, out)
     return out.reshape(n_tok, n_head * d_v)
