@@ -44,15 +44,37 @@ def test_fused_step_is_the_generic_step_bit_for_bit(smollm_decoder, n_prompt):
     assert cache_f.n_past == cache_g.n_past == n
 
 
+@pytest.fixture(scope="module")
+def gemma_decoder(gemma_path):
+    from zigllama_lib.models.loader import load_gguf
+
+    return load_gguf(gemma_path, progress=False).decoder
+
+
+@pytest.mark.parametrize("n_prompt", [5, 508])  # 508: the steps cross the 512-position sliding window
+def test_fused_gemma_step_is_the_generic_step_bit_for_bit(gemma_decoder, n_prompt):
+    """Gemma 3: q/k norms, post-norms, GELU, Q scaled after RoPE, sliding-window layers, Q4_K / Q6_K
+    matrices fed with Q8_K activations (the generic step is llama.cpp's, test_model_parity_gemma)."""
+    assert unsupported_reason(gemma_decoder) is None
+    rng = np.random.default_rng(n_prompt)
+    prompt = rng.integers(0, gemma_decoder.spec.n_vocab, n_prompt).tolist()
+    tokens = rng.integers(0, gemma_decoder.spec.n_vocab, 9).tolist()
+    fused, cache_f = _steps(gemma_decoder, prompt, tokens, True)
+    generic, cache_g = _steps(gemma_decoder, prompt, tokens, False)
+    assert np.array_equal(fused.view(np.int32), generic.view(np.int32))
+    n = n_prompt + len(tokens)
+    assert np.array_equal(cache_f.k[:, :n].view(np.uint16), cache_g.k[:, :n].view(np.uint16))
+
+
 def test_unsupported_models_say_why(smollm_decoder):
     from dataclasses import replace
 
     class Fake:
-        spec = replace(smollm_decoder.spec, traits=replace(smollm_decoder.spec.traits, activation="gelu"))
+        spec = replace(smollm_decoder.spec, traits=replace(smollm_decoder.spec.traits, attn_bias=True))
         layers = smollm_decoder.layers
         output = smollm_decoder.output
 
-    assert "gelu" in unsupported_reason(Fake())
+    assert "biases" in unsupported_reason(Fake())
 
 
 @pytest.mark.parametrize("up_type", ["Q4_1", "Q8_0"])
@@ -77,7 +99,7 @@ def test_gate_up_swiglu_and_matvec_pieces_are_the_reference(up_type, d_ff):
     for slot, w in ((fd.WGATE, gate), (fd.WUP, up)):
         addr[slot], stride[slot], kind[slot] = w.raw.ctypes.data, w.raw.strides[0], KIND[w.qtype]
     hidden = np.empty(d_ff, np.float32)
-    fd._gate_up_swiglu(addr, stride, kind, d_ff, xq[0], xd[0], xs[0], hidden)
+    fd._gate_up_act(addr, stride, kind, d_ff, xq[0], xd[0], xs[0], False, fd.GELU_F16, hidden)
     want = swiglu_ggml(matmul_ggml(gate, x), matmul_ggml(up, x))[0]
     assert np.array_equal(hidden.view(np.int32), want.view(np.int32))
     out = np.empty(d_ff, np.float32)

@@ -31,41 +31,44 @@ from numba import njit, prange
 
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
 from ..foundation.ggml_types import GGMLType
-from ..linear_algebra.ggml_simd import KIND
+from ..linear_algebra.ggml_simd import KIND, KIND_Q4_K, KIND_Q6_K
 from ..linear_algebra.ggml_simd import dot_any, dot_f32_ggml_f16, matmul_simd
 from ..linear_algebra.half import f16_bits_to_f32, f32_to_f16_bits
 from ..linear_algebra.half import to_f16
-from ..linear_algebra.q8 import _q8_32_token
-from ..neural_primitives.ggml_math import _rms_norm_kernel, _rope_cache, _silu_scalar, _v_expf, _v_silu, rms_norm_ggml
+from ..linear_algebra.q8 import _q8_32_token, _q8_K_token
+from ..neural_primitives.ggml_math import (GELU_F16, _rms_norm_kernel, _rope_cache, _silu_scalar, _v_expf, _v_silu,
+                                           geglu_scalar, rms_norm_ggml)
 from ..transformer.attention_ggml import KV_PAD
 
 # weight matrices of a block, in the order of the address table
 MATRICES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 WQ, WK, WV, WO, WGATE, WUP, WDOWN = range(7)
+NORMS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm")  # per-layer vectors
 FUSED_TYPES = (GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0)  # blocks of 32: one Q8_1 quantisation serves all
+K_TYPES = (GGMLType.Q4_K, GGMLType.Q6_K)  # x Q8_K: allowed where the input is quantised for that matrix alone
+OWN_INPUT = ("wo", "w_down")
 
 
 def unsupported_reason(decoder) -> str | None:
     """Why ``decoder`` cannot take the fused path, or None if it can."""
     s = decoder.spec
     t = s.traits
-    if t.attn_bias or t.qk_norm or t.post_norms or t.embed_scale:
-        return f"{s.arch}: biases / q-k norms / post-norms / embedding scale are not fused"
-    if t.activation != "silu":
-        return f"{s.arch}: activation {t.activation!r} (fused: silu)"
+    if t.attn_bias:
+        return f"{s.arch}: attention biases are not fused"
+    if t.activation not in ("silu", "gelu"):
+        return f"{s.arch}: activation {t.activation!r} (fused: silu, gelu)"
     if t.rope_mode not in ("norm", "neox"):
         return f"{s.arch}: RoPE mode {t.rope_mode!r}"
     if s.head_dim_v != s.head_dim_k or s.n_head % s.n_kv_head:
         return f"{s.arch}: head sizes {s.head_dim_k}/{s.head_dim_v}, {s.n_head}/{s.n_kv_head} heads"
-    if decoder.output.qtype not in FUSED_TYPES:
+    if decoder.output.qtype not in FUSED_TYPES + K_TYPES:
         return f"output: {decoder.output.qtype.name}"
-    if s.sliding_window is not None and any(s.is_sliding(i) for i in range(s.n_layer)):
-        return f"{s.arch}: sliding-window layers"
     for i, lw in enumerate(decoder.layers):
         for name in MATRICES:
             w = getattr(lw, name)
-            if w.qtype not in FUSED_TYPES or w.raw.strides[1] != 1:
-                return f"blk.{i}.{name}: {w.qtype.name} (fused: {[q.name for q in FUSED_TYPES]})"
+            allowed = FUSED_TYPES + K_TYPES if name in OWN_INPUT else FUSED_TYPES
+            if w.qtype not in allowed or w.raw.strides[1] != 1:
+                return f"blk.{i}.{name}: {w.qtype.name} (fused: {[q.name for q in allowed]})"
     return None
 
 
@@ -111,9 +114,10 @@ def _qkv(a, st, kinds, dq, dkv, xq, xd, xs, q, k, v):
 
 
 @njit(cache=True, parallel=True)
-def _gate_up_swiglu(a, st, kinds, d_ff, xq, xd, xs, hidden):
-    """``hidden[r] = silu(gate_r . x) * (up_r . x)`` in one parallel region: ggml_vec_swiglu_f32's
-    element ``r`` (v_silu in the chunks of 8, the libm silu in the tail) right after its two dots."""
+def _gate_up_act(a, st, kinds, d_ff, xq, xd, xs, gelu, gelu_table, hidden):
+    """``hidden[r] = act(gate_r . x) * (up_r . x)`` in one parallel region, element ``r`` right after
+    its two dots: ggml_vec_swiglu_f32's (v_silu in the chunks of 8, the libm silu in the tail) or,
+    if ``gelu``, ggml_vec_geglu_f32's (the float16 GELU table)."""
     nb = xd.shape[0]
     xa, xda, xsa = xq.ctypes.data, xd.ctypes.data, xs.ctypes.data
     n8 = d_ff - d_ff % 8
@@ -124,7 +128,10 @@ def _gate_up_swiglu(a, st, kinds, d_ff, xq, xd, xs, hidden):
         for r in range(job * JOB_ROWS, min(d_ff, (job + 1) * JOB_ROWS)):
             dot_any(kinds[WGATE], 1, a[WGATE] + r * st[WGATE], xa, 0, xda, 0, xsa, 0, nb, gu.ctypes.data, 0)
             dot_any(kinds[WUP], 1, a[WUP] + r * st[WUP], xa, 0, xda, 0, xsa, 0, nb, gu.ctypes.data + 4, 0)
-            hidden[r] = (_v_silu(gu[0], tmp_f, tmp_u) if r < n8 else _silu_scalar(gu[0])) * gu[1]
+            if gelu:
+                hidden[r] = geglu_scalar(gu[0], gu[1], gelu_table)
+            else:
+                hidden[r] = (_v_silu(gu[0], tmp_f, tmp_u) if r < n8 else _silu_scalar(gu[0])) * gu[1]
 
 
 @njit(cache=True, inline="always")
@@ -132,6 +139,25 @@ def _quantize(x, xq, xd, xs):
     """Q8_1 of ``x (n,)`` with the x86 rounding (Q8_0 is the same ``q`` and ``d``, without ``s``)."""
     _q8_32_token(x.reshape((1, x.shape[0])), 0, True, True, 32, xq.reshape((1, 1, xq.shape[0])),
                  xd.reshape((1, xd.shape[0])), xs.reshape((1, xs.shape[0])))
+
+
+@njit(cache=True, inline="always")
+def _quantize_for(kind, x, xq, xd, xs, bsums32, bsums):
+    """The activations ``kind``'s dot product reads: Q8_K (``xd`` per 256, int16 ``bsums``) for the
+    K-quants, else Q8_1 (which serves Q8_0 too). Returns the planes to pass to :func:`_matvec`."""
+    n = x.shape[0]
+    if kind == KIND_Q4_K or kind == KIND_Q6_K:
+        nk = n // 256
+        xd[:nk] = 0
+        xq[:n] = 0
+        bsums32[:n // 16] = 0
+        _q8_K_token(x.reshape((1, n)), 0, 16, xq[:n].reshape((1, 1, n)), xd[:nk].reshape((1, nk)),
+                    bsums32[:n // 16].reshape((1, n // 16)))
+        for g in range(n // 16):
+            bsums[g] = bsums32[g]
+        return xq[:n], xd[:nk], bsums.view(np.float32)[:n // 32]
+    _quantize(x, xq[:n], xd[:n // 32], xs[:n // 32])
+    return xq[:n], xd[:n // 32], xs[:n // 32]
 
 
 @njit(cache=True, inline="always")
@@ -168,8 +194,10 @@ def _f16_dot_reduce(acc):
 
 
 @njit(cache=True)
-def _attend_head(q, h, kc, vc, kvh, n_kv, scale, out):
-    """Decode attention of head ``h`` (llama.cpp's non-flash path, see attention_ggml).
+def _attend_head(q, h, kc, vc, kvh, n_kv, first, scale, out):
+    """Decode attention of head ``h`` (llama.cpp's non-flash path, see attention_ggml) over cells
+    ``first .. n_kv - 1`` (``first > 0``: a sliding window; the cells before it are masked, which
+    gives them probability 0 and leaves every sum as it is, so they are skipped).
 
     ``kc, vc: (n_ctx, n_kv_head, d) uint16`` float16 bits of one layer's cache.
     """
@@ -183,7 +211,7 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, scale, out):
     w = np.empty(n_kv, np.float32)
     krow = np.empty(d, np.float32)
     mx = np.float32(-np.inf)
-    for c in range(n_kv):  # KQ: ggml_vec_dot_f16(k[c], q16)
+    for c in range(first, n_kv):  # KQ: ggml_vec_dot_f16(k[c], q16)
         kbits = kc[c, kvh]
         for j in range(d):
             krow[j] = f16_bits_to_f32(kbits[j])
@@ -203,16 +231,16 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, scale, out):
             break  # later chunks are all masked: exp(-inf) = 0 adds nothing
         for lane in range(8):
             c = c0 + lane
-            e[lane] = _v_expf(w[c] - mx, tmp_f, tmp_u) if c < n_kv else np.float32(0)
+            e[lane] = _v_expf(w[c] - mx, tmp_f, tmp_u) if first <= c < n_kv else np.float32(0)
             if c < n_kv:
                 p[c] = e[lane]
         total += np.float64(hsum8(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
     inv = np.float32(1.0 / total)
-    for c in range(n_kv):
+    for c in range(first, n_kv):
         p[c] = to_f16(p[c] * inv)
     # KQV: out[j] = ggml_vec_dot_f16(n_cols, v^T[j], p), cell c in slot c % 32; slot-major accumulators
     acc2 = np.zeros((32, d_v), np.float32)
-    for c in range(n_kv):
+    for c in range(first, n_kv):
         a = acc2[c % 32]
         vbits = vc[c, kvh]
         pc = p[c]
@@ -230,20 +258,23 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, scale, out):
 
 
 @njit(cache=True, parallel=True)
-def _attention(q, kc, vc, n_head, n_kv_head, n_kv, scale, out):
+def _attention(q, kc, vc, n_head, n_kv_head, n_kv, first, scale, out):
     group = n_head // n_kv_head
     for h in prange(n_head):
-        _attend_head(q, h, kc, vc, h // group, n_kv, scale, out)
+        _attend_head(q, h, kc, vc, h // group, n_kv, first, scale, out)
 
 
 @njit(cache=True)
-def _decode_layers(h, pos, addr, stride, kind, n_rows, attn_norm, ffn_norm, eps, k_cache, v_cache,
-                   n_head, n_kv_head, head_dim, n_rot, neox, theta_scale, freq_scale, scale):
+def _decode_layers(h, pos, addr, stride, kind, n_rows, attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm,
+                   post_ffn_norm, eps, k_cache, v_cache, n_head, n_kv_head, head_dim, n_rot, neox, theta_scale,
+                   freq_scale, q_scale, scale, window, gelu, gelu_table):
     """All layers of one decode step; ``h (d_model,)`` float32 updated in place.
 
     ``addr, stride, kind, n_rows: (n_layer, 7)``: each matrix's GGUF rows (address, row bytes,
-    ``ggml_simd.KIND`` of its type, rows) in :data:`MATRICES` order. ``k_cache, v_cache: (n_layer, n_ctx, n_kv_head, d)``
-    float16 bits, written at ``pos``.
+    ``ggml_simd.KIND`` of its type, rows) in :data:`MATRICES` order. The norm weights ``(n_layer, n)``
+    (:data:`NORMS`; absent ones None: Numba compiles their branches away). ``k_cache, v_cache: (n_layer, n_ctx, n_kv_head, d)``
+    float16 bits, written at ``pos``. ``q_scale``: Q's factor after RoPE (1 unless the graph scales
+    Q; then ``scale``, the softmax's, is 1). ``window (n_layer,)``: sliding-window length, 0 for none.
     """
     n_layer, d_model = attn_norm.shape
     d_ff = n_rows[0, WGATE]
@@ -253,6 +284,8 @@ def _decode_layers(h, pos, addr, stride, kind, n_rows, attn_norm, ffn_norm, eps,
     xq = np.empty(n_max, np.int8)
     xd = np.empty(n_max // 32, np.float32)
     xs = np.empty(n_max // 32, np.float32)
+    bsums32 = np.empty(n_max // 16, np.int32)
+    bsums = np.empty(n_max // 16, np.int16)
     q = np.empty(dq, np.float32)
     k = np.empty(dkv, np.float32)
     v = np.empty(dkv, np.float32)
@@ -262,31 +295,44 @@ def _decode_layers(h, pos, addr, stride, kind, n_rows, attn_norm, ffn_norm, eps,
     cos_c = np.empty((1, n_rot // 2), np.float32)
     sin_c = np.empty((1, n_rot // 2), np.float32)
     positions = np.full(1, pos, np.int64)
-    nbm, nbf = d_model // 32, d_ff // 32
+    nbm = d_model // 32
     for layer in range(n_layer):
         a, st, kinds = addr[layer], stride[layer], kind[layer]
         # -- attention
         _rms_norm(h, attn_norm[layer], eps, x[:d_model])
         _quantize(x[:d_model], xq[:d_model], xd[:nbm], xs[:nbm])
         _qkv(a, st, kinds, dq, dkv, xq[:d_model], xd[:nbm], xs[:nbm], q, k, v)
+        if q_norm is not None:
+            for hh in range(n_head):
+                _rms_norm(q[hh * head_dim:(hh + 1) * head_dim], q_norm[layer], eps, q[hh * head_dim:(hh + 1) * head_dim])
+            for hh in range(n_kv_head):
+                _rms_norm(k[hh * head_dim:(hh + 1) * head_dim], k_norm[layer], eps, k[hh * head_dim:(hh + 1) * head_dim])
         _rope_cache(positions, n_rot // 2, theta_scale[layer], freq_scale, cos_c, sin_c)
         _rope(q, n_head, head_dim, n_rot, neox, cos_c, sin_c)
         _rope(k, n_kv_head, head_dim, n_rot, neox, cos_c, sin_c)
+        if q_scale != 1:
+            for i in range(dq):
+                q[i] = q[i] * q_scale
         for hh in range(n_kv_head):
             for j in range(head_dim):
                 k_cache[layer, pos, hh, j] = f32_to_f16_bits(k[hh * head_dim + j])
                 v_cache[layer, pos, hh, j] = f32_to_f16_bits(v[hh * head_dim + j])
-        _attention(q, k_cache[layer], v_cache[layer], n_head, n_kv_head, pos + 1, scale, att)
-        _quantize(att, xq[:dq], xd[:dq // 32], xs[:dq // 32])
-        _matvec(a[WO], st[WO], kinds[WO], d_model, xq[:dq], xd[:dq // 32], xs[:dq // 32], y)
+        first = max(0, pos + 1 - window[layer]) if window[layer] > 0 else 0
+        _attention(q, k_cache[layer], v_cache[layer], n_head, n_kv_head, pos + 1, first, scale, att)
+        aq, ad, as_ = _quantize_for(kinds[WO], att, xq, xd, xs, bsums32, bsums)
+        _matvec(a[WO], st[WO], kinds[WO], d_model, aq, ad, as_, y)
+        if post_attn_norm is not None:
+            _rms_norm(y, post_attn_norm[layer], eps, y)
         for i in range(d_model):
             h[i] = h[i] + y[i]
         # -- feed-forward
         _rms_norm(h, ffn_norm[layer], eps, x[:d_model])
         _quantize(x[:d_model], xq[:d_model], xd[:nbm], xs[:nbm])
-        _gate_up_swiglu(a, st, kinds, d_ff, xq[:d_model], xd[:nbm], xs[:nbm], hidden)
-        _quantize(hidden, xq[:d_ff], xd[:nbf], xs[:nbf])
-        _matvec(a[WDOWN], st[WDOWN], kinds[WDOWN], d_model, xq[:d_ff], xd[:nbf], xs[:nbf], y)
+        _gate_up_act(a, st, kinds, d_ff, xq[:d_model], xd[:nbm], xs[:nbm], gelu, gelu_table, hidden)
+        fq, fd, fs = _quantize_for(kinds[WDOWN], hidden, xq, xd, xs, bsums32, bsums)
+        _matvec(a[WDOWN], st[WDOWN], kinds[WDOWN], d_model, fq, fd, fs, y)
+        if post_ffn_norm is not None:
+            _rms_norm(y, post_ffn_norm[layer], eps, y)
         for i in range(d_model):
             h[i] = h[i] + y[i]
 
@@ -312,8 +358,10 @@ class FusedDecodeStep:
                 self.stride[i, j] = w.raw.strides[0]
                 self.kind[i, j] = KIND[w.qtype]
                 self.n_rows[i, j] = w.n_out
-        self.attn_norm = np.ascontiguousarray(np.stack([lw.attn_norm for lw in decoder.layers]), np.float32)
-        self.ffn_norm = np.ascontiguousarray(np.stack([lw.ffn_norm for lw in decoder.layers]), np.float32)
+        stack = lambda name: (None if getattr(decoder.layers[0], name) is None else  # noqa: E731
+                               np.ascontiguousarray(np.stack([getattr(lw, name) for lw in decoder.layers]), np.float32))
+        self.norms = tuple(stack(name) for name in NORMS)
+        self.window = np.array([s.sliding_window if s.is_sliding(i) else 0 for i in range(n)], np.int64)
         self.theta_scale = np.array([np.power(np.float32(s.rope_base_for(i)), np.float32(-2.0) / np.float32(s.rope_dims))
                                      for i in range(n)], np.float32)  # powf, as rope_ggml
         self._keep = [decoder.gguf]
@@ -323,10 +371,12 @@ class FusedDecodeStep:
         dec, s = self.decoder, self.decoder.spec
         cache.check_room(1)
         h = np.ascontiguousarray(dec.embed(np.array([token]))[0], np.float32)
-        _decode_layers(h, cache.n_past, self.addr, self.stride, self.kind, self.n_rows, self.attn_norm,
-                       self.ffn_norm, np.float32(s.norm_eps), cache.k.view(np.uint16), cache.v.view(np.uint16),
+        q_scale, scale = (s.attn_scale, 1.0) if s.traits.scale_q else (1.0, s.attn_scale)
+        _decode_layers(h, cache.n_past, self.addr, self.stride, self.kind, self.n_rows, *self.norms,
+                       np.float32(s.norm_eps), cache.k.view(np.uint16), cache.v.view(np.uint16),
                        s.n_head, s.n_kv_head, s.head_dim_k, s.rope_dims, s.traits.rope_mode == "neox",
-                       self.theta_scale, np.float32(s.rope_freq_scale), np.float32(s.attn_scale))
+                       self.theta_scale, np.float32(s.rope_freq_scale), np.float32(q_scale), np.float32(scale),
+                       self.window, s.traits.activation == "gelu", GELU_F16)
         cache.advance(1)
         return matmul_simd(dec.output, rms_norm_ggml(h[None], dec.output_norm, s.norm_eps))
 
