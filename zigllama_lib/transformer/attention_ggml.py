@@ -135,12 +135,15 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, window, out):
         for c in range(n_cols):
             pc = p[c] * inv
             p[c] = to_f16(pc)  # KQV's src1 converted to float16 (F16C, nearest even)
+        # cells past the last visible one have p = +0: fma(v, +0, acc) = acc for the accumulators
+        # (which start at +0 and so are never -0), so whole 32-cell chunks of them are skipped
+        n_dot = min(n_cols, -(-n_vis // 32) * 32)
         for j in range(d_v):
             vrow = vt[kvh, j]
             if decode:
-                out[t, h, j] = _dot_vec_f16_simd(vrow, p, n_cols)
+                out[t, h, j] = _dot_vec_f16_simd(vrow, p, n_dot)
             else:
-                out[t, h, j] = _dot_tinyblas_simd(vrow, p, n_cols)
+                out[t, h, j] = _dot_tinyblas_simd(vrow, p, n_dot)
 
 
 def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: int, scale: float,
