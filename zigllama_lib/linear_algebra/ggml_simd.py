@@ -134,12 +134,25 @@ def _lane_sums(builder, qx_u8, qy_i8):
     return _maddwd(builder, _maddubs(builder, qx_u8, qy_i8), _splat(I16, 16, 1))
 
 
-def _hsum_i32(builder, v, n: int = 8):
-    """Sum of the ``n`` int32 lanes of ``v`` (exact: integer order does not matter)."""
-    lanes = [builder.extract_element(v, ir.Constant(I32, i)) for i in range(n)]
-    while len(lanes) > 1:
-        lanes = [builder.add(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
-    return lanes[0]
+def _halves_i32(builder, v):
+    """``<4 x i32>``: the low half of an ``<8 x i32>`` plus its high half."""
+    return builder.add(builder.shuffle_vector(v, v, _indices(range(4))), builder.shuffle_vector(v, v, _indices(range(4, 8))))
+
+
+def _hsum_i32(builder, v):
+    """Sum of the 8 int32 lanes of ``v`` by a shuffle tree (exact: integer order does not matter)."""
+    h = _halves_i32(builder, v)
+    h = builder.add(h, builder.shuffle_vector(h, h, _indices([2, 3, 0, 1])))
+    return builder.add(builder.extract_element(h, ir.Constant(I32, 0)), builder.extract_element(h, ir.Constant(I32, 1)))
+
+
+def _hsum4_i32(builder, vs):
+    """``<4 x i32>`` of the lane sums of four ``<8 x i32>`` vectors (a transposing shuffle tree)."""
+    t = [_halves_i32(builder, v) for v in vs]
+    u = [builder.add(builder.shuffle_vector(a, b, _indices([0, 4, 1, 5])), builder.shuffle_vector(a, b, _indices([2, 6, 3, 7])))
+         for a, b in ((t[0], t[1]), (t[2], t[3]))]  # [a0+a2, b0+b2, a1+a3, b1+b3]
+    return builder.add(builder.shuffle_vector(u[0], u[1], _indices([0, 1, 4, 5])),
+                       builder.shuffle_vector(u[0], u[1], _indices([2, 3, 6, 7])))
 
 
 def _hsum8(builder, acc):
@@ -269,7 +282,6 @@ def _emit_q4_K(builder, n_t: int, args, nb):
     zero, zeros8 = ir.Constant(F32, 0.0), ir.Constant(_vec(I32, 8), [ir.Constant(I32, 0)] * 8)
     accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_t)]
     accms = [cgutils.alloca_once_value(builder, zero) for _ in range(n_t)]
-    groups = [[0, 1, 2, 3]] if n_t == 1 else [[0], [1], [2], [3]]  # sub-block pairs per FMA
     with cgutils.for_range(builder, nb) as loop:
         b = loop.index
         blk = builder.add(tok[0].w, builder.mul(b, const(SIZEOF_BLOCK_Q4_K)))
@@ -287,19 +299,23 @@ def _emit_q4_K(builder, n_t: int, args, nb):
             min_terms = builder.mul(_pairs(builder, bsums, 16), mins)  # m_j * (sum of y over sub-block j)
             d_y = _load(builder, F32, op.xd, builder.mul(b, const(4)), 4)
             dd, ddm = builder.fmul(d_w, d_y), builder.fmul(dmin_w, d_y)
-            for pairs in groups:
-                lanes, imin = zeros8, None
-                for p in pairs:
-                    lo, hi = quants[p]
-                    y_lo, y_hi = _load(builder, _vec(I8, 32), y, 64 * p), _load(builder, _vec(I8, 32), y, 64 * p + 32)
-                    lanes = builder.add(lanes, _maddwd(builder, _maddubs(builder, lo, y_lo), scale[2 * p]))
-                    lanes = builder.add(lanes, _maddwd(builder, _maddubs(builder, hi, y_hi), scale[2 * p + 1]))
-                    pm = builder.add(builder.extract_element(min_terms, ir.Constant(I32, 2 * p)),
-                                     builder.extract_element(min_terms, ir.Constant(I32, 2 * p + 1)))
-                    imin = pm if imin is None else builder.add(imin, pm)
-                builder.store(builder.call(fma, [builder.sitofp(_hsum_i32(builder, lanes), F32), dd,
-                                                 builder.load(accs[t])]), accs[t])
-                builder.store(builder.call(fma, [builder.sitofp(imin, F32), ddm, builder.load(accms[t])]), accms[t])
+            pair_lanes = []  # per pair of sub-blocks: 8 int32 lanes of sc_j * q_i * y_i
+            for p, (lo, hi) in enumerate(quants):
+                y_lo, y_hi = _load(builder, _vec(I8, 32), y, 64 * p), _load(builder, _vec(I8, 32), y, 64 * p + 32)
+                pair_lanes.append(builder.add(_maddwd(builder, _maddubs(builder, lo, y_lo), scale[2 * p]),
+                                              _maddwd(builder, _maddubs(builder, hi, y_hi), scale[2 * p + 1])))
+            if n_t == 1:  # gemv: one FMA per super-block
+                total = builder.add(builder.add(pair_lanes[0], pair_lanes[1]), builder.add(pair_lanes[2], pair_lanes[3]))
+                isums = [builder.sitofp(_hsum_i32(builder, total), F32)]
+                imins = [builder.sitofp(_hsum_i32(builder, min_terms), F32)]
+            else:  # gemm: one FMA per pair of sub-blocks
+                iv = builder.sitofp(_hsum4_i32(builder, pair_lanes), _vec(F32, 4))
+                mv = builder.sitofp(_pairs(builder, min_terms, 8), _vec(F32, 4))
+                isums = [builder.extract_element(iv, ir.Constant(I32, p)) for p in range(4)]
+                imins = [builder.extract_element(mv, ir.Constant(I32, p)) for p in range(4)]
+            for isum, imin in zip(isums, imins):
+                builder.store(builder.call(fma, [isum, dd, builder.load(accs[t])]), accs[t])
+                builder.store(builder.call(fma, [imin, ddm, builder.load(accms[t])]), accms[t])
     for t, op in enumerate(tok):
         op.store(builder.fsub(builder.load(accs[t]), builder.load(accms[t])))
 
