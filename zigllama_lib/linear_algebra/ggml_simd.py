@@ -178,10 +178,10 @@ def _nibbles(builder, qs):
 
 
 def _weight_block(builder, kind: int, blk):
-    """Block ``blk`` (an i64 address) of a weight row: ``(d_w, m_w or None, unsigned quants, sign mask or None)``.
+    """Block ``blk`` (an i64 address) of a weight row: ``(d_w, m_w or None, unsigned quants, signed quants or None)``.
 
     Q4_1 quants are 0..15 already. Q8_0 / Q5_0 quants are signed: ggml feeds ``pmaddubsw`` with
-    ``|q|`` and moves the signs onto the activations (``sign(qy, q)``), so the mask is returned too.
+    ``|q|`` and moves the signs onto the activations (:func:`_sign`), so ``q`` is returned too.
     """
     d_w, m_w = _load_f16_pair(builder, blk)  # d and m (Q4_1); d and 2 bytes of what follows (Q8_0, Q5_0)
     if kind == KIND_Q4_1:  # d, m, 16 bytes of nibbles
@@ -192,8 +192,19 @@ def _weight_block(builder, kind: int, blk):
         high = builder.bitcast(_load(builder, I32, blk, 2), _vec(ir.IntType(1), 32))  # bit j -> element j
         qw = builder.or_(_nibbles(builder, _load(builder, _vec(I8, 16), blk, 6)),
                          builder.select(high, _splat(I8, 32, 0), _splat(I8, 32, 0xF0)))
+    v32 = _vec(I8, 32)
+    absolute = builder.call(_function(builder, "llvm.abs.v32i8", v32, [v32, ir.IntType(1)]),
+                            [qw, ir.Constant(ir.IntType(1), 0)])  # vpabsb (|-128| = 128 as unsigned)
+    return d_w, None, absolute, qw
+
+
+def _sign(builder, qy, qw):
+    """``qy`` times the sign of ``qw`` (``psignb``: 0 where ``qw`` is 0, where ``|qw|`` is 0 too)."""
+    if HAS_AVX2:
+        v32 = _vec(I8, 32)
+        return builder.call(_function(builder, "llvm.x86.avx2.psign.b", v32, [v32, v32]), [qy, qw])
     negative = builder.icmp_signed("<", qw, _splat(I8, 32, 0))
-    return d_w, None, builder.select(negative, builder.neg(qw), qw), negative
+    return builder.select(negative, builder.neg(qy), qy)
 
 
 # -- the dot product ----------------------------------------------------------------------
@@ -228,11 +239,11 @@ def _emit_q32(builder, kind: int, n_t: int, args, nb):
     with cgutils.for_range(builder, nb) as loop:
         b = loop.index
         b4, b32 = builder.mul(b, const(4)), builder.mul(b, const(32))
-        d_w, m_w, qx, negative = _weight_block(builder, kind, builder.add(tok[0].w, builder.mul(b, const(BLOCK_BYTES[kind]))))
+        d_w, m_w, qx, qw = _weight_block(builder, kind, builder.add(tok[0].w, builder.mul(b, const(BLOCK_BYTES[kind]))))
         for t, op in enumerate(tok):
             qy = _load(builder, _vec(I8, 32), op.x, b32)
-            if negative is not None:
-                qy = builder.select(negative, builder.neg(qy), qy)
+            if qw is not None:
+                qy = _sign(builder, qy, qw)
             d_x = _load(builder, F32, op.xd, b4, 4)
             if m_w is not None:  # summs += m_w * s_x: two roundings, not fused (as ggml's binary does)
                 s_x = _load(builder, F32, op.xs, b4, 4)
