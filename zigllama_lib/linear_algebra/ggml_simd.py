@@ -290,7 +290,7 @@ def _emit_q4_K(builder, n_t: int, args, nb):
     tok = [_Operands(builder, args, t) for t in range(n_t)]
     const = lambda v: ir.Constant(I64, v)  # noqa: E731
     fma = _function(builder, "llvm.fma.f32", F32, [F32] * 3)
-    zero, zeros8 = ir.Constant(F32, 0.0), ir.Constant(_vec(I32, 8), [ir.Constant(I32, 0)] * 8)
+    zero = ir.Constant(F32, 0.0)
     accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_t)]
     accms = [cgutils.alloca_once_value(builder, zero) for _ in range(n_t)]
     with cgutils.for_range(builder, nb) as loop:

@@ -9,19 +9,20 @@ Here every layer of a decode step runs inside one Numba function::
     for each layer:                                     # h: (d_model,) float32
         x = rms_norm(h) * attn_norm;  xq = Q8_1(x)      # quantised once for q, k and v
         q, k, v = Wq xq, Wk xq, Wv xq                   # 1 parallel region
-        q, k = rope(q), rope(k);  cache[pos] = f16(k), f16(v)
-        a = attention(q, cache[:pos+1])                 # parallel over heads
-        h += Wo Q8_1(a)                                 # 1 parallel region
+        (q, k = rms_norm per head)                      # Gemma 3's q/k norms
+        q, k = rope(q), rope(k);  (q *= scale);  cache[pos] = f16(k), f16(v)
+        a = attention(q, cache[first:pos+1])            # parallel over heads; first > 0: sliding window
+        h += (post_norm) Wo Q8(a)                       # 1 parallel region; Q8_K if Wo is a K-quant
         x = rms_norm(h) * ffn_norm;  xq = Q8_1(x)
-        h += Wdown Q8_1(swiglu(Wgate xq, Wup xq))       # 2 parallel regions
+        h += (post_norm) Wdown Q8(act(Wgate xq) * Wup xq)   # 2 parallel regions; act: silu or GELU
 
 with the same operations, in the same order, as the generic path with
 ``numerics="llama.cpp"`` (ggml's roundings, from :mod:`..linear_algebra.ggml_simd`,
 :mod:`..neural_primitives.ggml_math` and the decode branch of
 :mod:`..transformer.attention_ggml`): the logits are bit-identical to it, hence
-to llama.cpp's (tested). Supported: llama-family blocks (no biases, no q/k norm,
-no post-norms, SiLU-gated FFN) with Q4_1 / Q5_0 / Q8_0 matrices; anything else runs the
-generic path.
+to llama.cpp's (tested, for SmolLM2 and Gemma 3). Supported: llama-family and Gemma 3
+blocks (no attention biases) with Q4_1 / Q5_0 / Q8_0 matrices, and Q4_K / Q6_K where a
+matrix's input is quantised for it alone (Wo, Wdown); anything else runs the generic path.
 """
 
 from __future__ import annotations
