@@ -191,6 +191,12 @@ def _geglu_kernel(x, g, table, out):
         out[i] = geglu_scalar(x[i], g[i], table)
 
 
+@njit(cache=True, parallel=True)
+def _geglu_kernel_parallel(x, g, table, out):
+    for i in prange(x.shape[0]):
+        out[i] = geglu_scalar(x[i], g[i], table)
+
+
 def geglu_ggml(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """``ggml_vec_geglu_f32``: ``gelu(gate) * up`` element-wise with ggml's float16 GELU table."""
     gate = np.asarray(gate, dtype=np.float32)
@@ -198,22 +204,34 @@ def geglu_ggml(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     if gate.shape != up.shape:
         raise ConfigError(f"geglu_ggml: gate {gate.shape} and up {up.shape} differ")
     out = np.empty(gate.size, np.float32)
-    _geglu_kernel(np.ascontiguousarray(gate).reshape(-1), np.ascontiguousarray(up).reshape(-1), GELU_F16, out)
+    kernel = _geglu_kernel_parallel if gate.size >= 16384 else _geglu_kernel  # a prefill: threads pay off
+    kernel(np.ascontiguousarray(gate).reshape(-1), np.ascontiguousarray(up).reshape(-1), GELU_F16, out)
     return out.reshape(gate.shape)
+
+
+@njit(cache=True, inline="always")
+def _rms_norm_row(x, r, eps, out):
+    s = 0.0  # ggml_float (double)
+    n = x.shape[1]
+    for i in range(n):
+        v = x[r, i] * x[r, i]  # float32 square
+        s += np.float64(v)
+    mean = np.float32(s / n)
+    scale = np.float32(1.0) / np.float32(math.sqrt(mean + eps))  # sqrtf: correctly rounded
+    for i in range(n):
+        out[r, i] = x[r, i] * scale
 
 
 @njit(cache=True)
 def _rms_norm_kernel(x, eps, out):
-    rows, n = x.shape
-    for r in range(rows):
-        s = 0.0  # ggml_float (double)
-        for i in range(n):
-            v = x[r, i] * x[r, i]  # float32 square
-            s += np.float64(v)
-        mean = np.float32(s / n)
-        scale = np.float32(1.0) / np.float32(math.sqrt(mean + eps))  # sqrtf: correctly rounded
-        for i in range(n):
-            out[r, i] = x[r, i] * scale
+    for r in range(x.shape[0]):
+        _rms_norm_row(x, r, eps, out)
+
+
+@njit(cache=True, parallel=True)
+def _rms_norm_kernel_parallel(x, eps, out):
+    for r in prange(x.shape[0]):
+        _rms_norm_row(x, r, eps, out)
 
 
 def rms_norm_ggml(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
@@ -221,7 +239,8 @@ def rms_norm_ggml(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.nd
     x = np.asarray(x, dtype=np.float32)
     xr = _rows(x)
     out = np.empty_like(xr)
-    _rms_norm_kernel(xr, np.float32(eps), out)
+    kernel = _rms_norm_kernel_parallel if xr.shape[0] >= 8 else _rms_norm_kernel  # rows are independent
+    kernel(xr, np.float32(eps), out)
     y = out.reshape(x.shape)
     return y * np.asarray(weight, dtype=np.float32) if weight is not None else y
 
