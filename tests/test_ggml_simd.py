@@ -152,3 +152,39 @@ def test_hardware_f16_rounding_is_numpy_and_round_f16():
     sample = x[::97]
     assert np.array_equal(np.array([round_f16(v) for v in sample], np.float32).view(np.int32),
                           ours[::97].view(np.int32))
+
+
+def test_float16_scale_loads_are_exact_for_every_bit_pattern():
+    """The two ways the kernels read float16 block scales (integer bits times 2^112, and F16C on a
+    32-bit load) against numpy's float16 -> float32, for all 65536 halves (NaNs: still NaN, same sign)."""
+    from numba import njit, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def load_single(typingctx, addr):
+        def codegen(context, builder, signature, args):
+            return ggml_simd._load_f16(builder, args[0])
+        return types.float32(types.int64), codegen
+
+    @intrinsic
+    def load_pair_second(typingctx, addr):
+        def codegen(context, builder, signature, args):
+            return ggml_simd._load_f16_pair(builder, args[0])[1]
+        return types.float32(types.int64), codegen
+
+    @njit
+    def convert(bits, out1, out2):
+        for i in range(bits.shape[0]):
+            out1[i] = load_single(bits.ctypes.data + 2 * i)
+            out2[i] = load_pair_second(bits.ctypes.data + 2 * i - 2)  # the half after a 2-byte neighbour
+
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    padded = np.concatenate([np.zeros(1, np.uint16), bits])
+    single, pair = np.empty(65536, np.float32), np.empty(65536, np.float32)
+    convert(padded[1:], single, pair)
+    want = bits.view(np.float16).astype(np.float32)
+    for got in (single, pair):
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(got), nan)
+        assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+        assert np.array_equal(np.signbit(got[nan]), np.signbit(want[nan]))

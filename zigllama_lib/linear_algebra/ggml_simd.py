@@ -103,6 +103,25 @@ def _load_f16_pair(builder, addr, offset=0):
     return builder.extract_element(f, ir.Constant(I32, 0)), builder.extract_element(f, ir.Constant(I32, 1))
 
 
+def _load_f16(builder, addr, offset=0):
+    """The float16 at ``addr + offset`` as a float32 (exact), computed in integer registers.
+
+    F16C's ``vcvtph2ps`` needs the 16 bits in a vector register, and LLVM puts them there with
+    ``vpinsrw`` into whatever register is at hand -- often the loop's accumulator, chaining every
+    block to the previous block's FMA (and it narrows any wider load back to that when one half is
+    used: see :func:`_load_f16_pair`). Here the bits move as a float32 with the same sign, exponent
+    field and mantissa (``(h & 0x7fff) << 13``, sign to bit 31), which read as a float32 is the
+    value times ``2^-112`` for every finite half, subnormals included; one exact multiply by
+    ``2^112`` restores it. Exponent 31 (inf / NaN) gets the float32 exponent 255 first."""
+    h = builder.zext(_load(builder, I16, addr, offset), I32)
+    c = lambda v: ir.Constant(I32, v)  # noqa: E731
+    magnitude = builder.shl(builder.and_(h, c(0x7FFF)), c(13))
+    special = builder.icmp_unsigned("==", builder.and_(h, c(0x7C00)), c(0x7C00))
+    magnitude = builder.select(special, builder.or_(magnitude, c(0x7F800000)), magnitude)
+    bits = builder.or_(magnitude, builder.shl(builder.and_(h, c(0x8000)), c(16)))
+    return builder.fmul(builder.bitcast(bits, F32), ir.Constant(F32, 2.0 ** 112))
+
+
 def _pairs(builder, v, n: int):
     """Adjacent pairs of an ``n``-vector summed: ``(v0+v1, v2+v3, ...)``."""
     even = builder.shuffle_vector(v, v, _indices(range(0, n, 2)))
@@ -183,9 +202,10 @@ def _weight_block(builder, kind: int, blk):
     Q4_1 quants are 0..15 already. Q8_0 / Q5_0 quants are signed: ggml feeds ``pmaddubsw`` with
     ``|q|`` and moves the signs onto the activations (:func:`_sign`), so ``q`` is returned too.
     """
-    d_w, m_w = _load_f16_pair(builder, blk)  # d and m (Q4_1); d and 2 bytes of what follows (Q8_0, Q5_0)
     if kind == KIND_Q4_1:  # d, m, 16 bytes of nibbles
+        d_w, m_w = _load_f16_pair(builder, blk)
         return d_w, m_w, _nibbles(builder, _load(builder, _vec(I8, 16), blk, 4)), None
+    d_w = _load_f16(builder, blk)
     if kind == KIND_Q8_0:  # d, 32 int8
         qw = _load(builder, _vec(I8, 32), blk, 2)
     else:  # Q5_0: d, qh (the 32 fifth bits), 16 bytes of nibbles; q - 16 = nibble | (0xF0 unless the bit is set)
@@ -347,7 +367,7 @@ def _emit_q6_K(builder, n_t: int, args, nb):
     with cgutils.for_range(builder, nb) as loop:
         b = loop.index
         blk = builder.add(tok[0].w, builder.mul(b, const(SIZEOF_BLOCK_Q6_K)))
-        d_w = _load_f16_pair(builder, blk, 206)[1]  # the last two scale bytes, then d (the block's end)
+        d_w = _load_f16(builder, blk, 208)
         sc = builder.sext(_load(builder, _vec(I8, 16), blk, 192), _vec(I16, 16))
         chunks = []  # (6-bit quants, scales as 8 + 8 int16) of weights 128 j + 32 k .. + 31
         for j in range(2):
