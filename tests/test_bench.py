@@ -133,6 +133,12 @@ def test_vs_llama_cpp_ratios_are_the_quotients_of_the_medians(result_vs):
     md = bench.format_markdown(result_vs)
     for phase, r in result_vs["ratios"].items():
         assert f"ratio ours / llama.cpp, {phase}: {r:.2f}" in md
+    # rounds alternate: round i's ratio is the quotient of the two engines' i-th timings
+    secs = {(m["engine"], m["phase"]): m["seconds"] for m in result_vs["measurements"]}
+    for phase, paired in result_vs["paired_ratios"].items():
+        assert len(paired) == result_vs["reps"]
+        for i, r in enumerate(paired):
+            assert r == pytest.approx(secs[("llama.cpp", phase)][i] / secs[("zigllama", phase)][i], rel=1e-12)
 
 
 def test_a_child_peak_rss_is_its_own_not_its_parents():

@@ -5,7 +5,10 @@ What is measured (``zigllama bench``, :func:`run`):
 * **prefill** -- a prompt of ``n_prompt`` tokens in one forward pass (fresh cache);
 * **decode** -- ``n_decode`` greedy tokens, one forward pass each, after an 8-token prompt;
   each ``reps`` times: median and min-max tokens/s, and the ratio
-  ``ours / llama.cpp`` of the medians per phase (> 1: we are faster);
+  ``ours / llama.cpp`` of the medians per phase (> 1: we are faster). With
+  llama.cpp the repetitions alternate (one of ours, one of llama.cpp in a fresh
+  child, ...), so slow drift of a shared machine hits both; each round's own
+  ratio is reported too;
 * **load** -- ours: the wall time of ``load(path)`` (GGUF header, tokenizer,
   weight views; the weights are memory-mapped, not read); llama.cpp: the
   construction of ``llama_cpp.Llama`` (also memory-mapped). Page cache warm;
@@ -275,6 +278,29 @@ def bench_llama_cpp(path, prompt: list[int], n_decode: int, reps: int,
     return [pre, dcd], r
 
 
+def _interleaved(model, path, n_prompt, n_decode, reps, numerics, n_threads):
+    """``reps`` rounds of one repetition of ours then one of llama.cpp (a fresh child each round), so
+    that both engines meet the machine in the same state: on a shared machine speed drifts over
+    minutes, and ``reps`` of one engine followed by ``reps`` of the other turn that drift into a
+    bias of the ratio. Returns our and llama.cpp's measurements, the last child's info (its peak
+    RSS the largest of all rounds) and each round's ratio per phase."""
+    prompt = _bench_prompt(model.tokenizer, n_prompt)
+    ours = llama = None
+    info, paired = {}, {"prefill": [], "decode": []}
+    for _ in range(reps):
+        o = bench_ours(model, n_prompt, n_decode, 1, numerics)
+        ll, i = bench_llama_cpp(path, prompt, n_decode, 1, n_threads)
+        for m_o, m_l in zip(o, ll):
+            paired[m_o.phase].append(m_o.median / m_l.median)
+        if ours is None:
+            ours, llama, info = o, ll, i
+        else:
+            for acc, new in zip(ours + llama, o + ll):
+                acc.seconds.extend(new.seconds)
+            info["peak_rss_bytes"] = max(info["peak_rss_bytes"], i["peak_rss_bytes"])  # load_s: the first round's
+    return ours, llama, info, paired
+
+
 # -- startup: a fresh process to its first token ------------------------------------------------
 _OURS_STARTUP_CHILD = r"""
 import json, sys, time
@@ -388,7 +414,10 @@ def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama
         raise ConfigError(f"n_prompt={n_prompt} / 8 + n_decode={8 + n_decode} exceed the model's training "
                           f"context of {model.spec.n_ctx_train} tokens")
 
-    results = bench_ours(model, n_prompt, n_decode, reps, numerics)
+    if vs_llama_cpp:
+        results, llama, info, paired = _interleaved(model, path, n_prompt, n_decode, reps, numerics, n_threads)
+    else:
+        results = bench_ours(model, n_prompt, n_decode, reps, numerics)
     end = rss_now()
     memory = {"zigllama": {"peak_rss_bytes": peak_rss_bytes(), "ru_maxrss_bytes": ru_maxrss_bytes(),
                            "rss_before_load_bytes": rss_before,
@@ -397,7 +426,6 @@ def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama
                                                         " (model loaded earlier: peak includes all it did)")}}
     load_times = {"zigllama": {"seconds": load_s, "what": "load(path): header, tokenizer, weight views (mmap)"}}
     if vs_llama_cpp:
-        llama, info = bench_llama_cpp(path, _bench_prompt(model.tokenizer, n_prompt), n_decode, reps, n_threads)
         results += llama
         load_times["llama.cpp"] = {"seconds": info.pop("load_s"), "what": "llama_cpp.Llama(path) (mmap)"}
         memory["llama.cpp"] = {**info, "process": "child process running only llama.cpp"}
@@ -408,11 +436,12 @@ def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama
     out = {"command": command, "machine": machine, "model": str(path), "file_bytes": file_bytes,
            "n_threads": n_threads, "numerics": numerics, "n_prompt": n_prompt, "n_decode": n_decode, "reps": reps,
            "measurements": [m.summary() for m in results], "ratios": {}, "load": load_times, "memory": memory,
-           "startup": None}
+           "startup": None, "paired_ratios": {}}
     by = {(m.engine, m.phase): m for m in results}
     for phase in ("prefill", "decode"):
         if ("llama.cpp", phase) in by:
             out["ratios"][phase] = by[("zigllama", phase)].median / by[("llama.cpp", phase)].median
+            out["paired_ratios"][phase] = paired[phase]
     if startup:
         out["startup"] = measure_startup(path, numerics, n_threads, reps=min(reps, 3), cold=startup_cold,
                                          vs_llama_cpp=vs_llama_cpp)
@@ -448,6 +477,10 @@ def format_table(result: dict) -> str:
                      f"{m['min_tok_s']:.1f}-{m['max_tok_s']:.1f} |")
     for phase, r in result["ratios"].items():
         lines.append(f"\nratio ours / llama.cpp, {phase}: {r:.2f}")
+        paired = result.get("paired_ratios", {}).get(phase)
+        if paired:
+            lines[-1] += (f" (repetitions interleaved, ours then llama.cpp; the {len(paired)} per-round ratios: "
+                          f"{min(paired):.2f}-{max(paired):.2f})")
     return "\n".join(lines)
 
 
