@@ -427,6 +427,28 @@ def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xd_stride
     return sig, codegen
 
 
+@intrinsic
+def prefetch_row(typingctx, addr, n_bytes):
+    """Ask the CPU to start loading the ``n_bytes`` at ``addr`` into its caches (one ``prefetcht0``
+    per 64-byte line; a hint: it never faults, whatever the address). A one-token product reads each
+    weight row once: prefetching a few rows ahead keeps more loads in flight than the hardware
+    prefetcher alone (Gemma's 178 MB output head: ~15% faster, measured)."""
+    sig = types.none(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        addr, n_bytes = args
+        fn = _function(builder, "llvm.prefetch.p0", ir.VoidType(), [I8.as_pointer(), I32, I32, I32])
+        with cgutils.for_range_slice(builder, ir.Constant(I64, 0), n_bytes, ir.Constant(I64, 64)) as (off, _):
+            ptr = builder.inttoptr(builder.add(addr, off), I8.as_pointer())
+            builder.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+PREFETCH_ROWS = 4  # how far ahead one-token products prefetch
+
+
 @njit(cache=True, inline="always")
 def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride):
     """:func:`dot_row` for a ``kind`` known at run time and ``n_tok`` of 1 or :data:`TOKENS_PER_PASS`
@@ -476,7 +498,10 @@ def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
 def _mm_parallel(raw, kind, xq, xd, xs, out):
     """``out (n_tok, n_out)``: every row of ``raw`` (rows outer: a row is read once for all tokens)."""
     w0, row_stride = raw.ctypes.data, raw.strides[0]
-    for r in prange(raw.shape[0]):
+    n_out = raw.shape[0]
+    for r in prange(n_out):
+        if xq.shape[0] == 1 and r + PREFETCH_ROWS < n_out:
+            prefetch_row(w0 + (r + PREFETCH_ROWS) * row_stride, row_stride)
         _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out)
 
 

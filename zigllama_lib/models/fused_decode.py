@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
 from ..foundation.ggml_types import GGMLType
-from ..linear_algebra.ggml_simd import KIND, KIND_Q4_K, KIND_Q6_K
+from ..linear_algebra.ggml_simd import KIND, KIND_Q4_K, KIND_Q6_K, PREFETCH_ROWS, prefetch_row
 from ..linear_algebra.ggml_simd import dot_any, dot_f32_ggml_f16, matmul_simd
 from ..linear_algebra.half import f16_bits_to_f32, f32_to_f16_bits
 from ..linear_algebra.half import to_f16
@@ -84,6 +84,7 @@ def _rows(addr, stride, kind, r0, r1, xa, xda, xsa, nb, out):
     bit-exactness fixes, is already overlapped with the next row's by the out-of-order core.)"""
     oa = out.ctypes.data
     for r in range(r0, r1):
+        prefetch_row(addr + (r + PREFETCH_ROWS) * stride, stride)  # past the matrix's end: a harmless hint
         dot_any(kind, 1, addr + r * stride, xa, 0, xda, 0, xsa, 0, nb, oa + 4 * r, 0)
 
 
@@ -127,6 +128,8 @@ def _gate_up_act(a, st, kinds, d_ff, xq, xd, xs, gelu, gelu_table, hidden):
         tmp_u = tmp_f.view(np.uint32)
         gu = np.empty(2, np.float32)  # gate_r . x, up_r . x
         for r in range(job * JOB_ROWS, min(d_ff, (job + 1) * JOB_ROWS)):
+            prefetch_row(a[WGATE] + (r + PREFETCH_ROWS) * st[WGATE], st[WGATE])
+            prefetch_row(a[WUP] + (r + PREFETCH_ROWS) * st[WUP], st[WUP])
             dot_any(kinds[WGATE], 1, a[WGATE] + r * st[WGATE], xa, 0, xda, 0, xsa, 0, nb, gu.ctypes.data, 0)
             dot_any(kinds[WUP], 1, a[WUP] + r * st[WUP], xa, 0, xda, 0, xsa, 0, nb, gu.ctypes.data + 4, 0)
             if gelu:
