@@ -122,6 +122,26 @@ def _load_f16(builder, addr, offset=0):
     return builder.fmul(builder.bitcast(bits, F32), ir.Constant(F32, 2.0 ** 112))
 
 
+def _load_f16x4(builder, addrs):
+    """Four float16 (at the i64 ``addrs``) as ``<4 x float>``, exact: paired into two 32-bit words in
+    integer registers, moved with ``vmovd`` / ``vpinsrd`` (which write a whole register, or merge
+    into the one just written), converted by one ``vcvtph2ps``: no live register as input, and a
+    quarter of :func:`_load_f16`'s work per value."""
+    if not HAS_F16C:
+        v = ir.Constant(_vec(F32, 4), ir.Undefined)
+        for i, a in enumerate(addrs):
+            v = builder.insert_element(v, builder.fpext(_load(builder, F16, a), F32), ir.Constant(I32, i))
+        return v
+    h = [builder.zext(_load(builder, I16, a), I32) for a in addrs]
+    words = [builder.or_(h[0], builder.shl(h[1], ir.Constant(I32, 16))),
+             builder.or_(h[2], builder.shl(h[3], ir.Constant(I32, 16)))]
+    v = ir.Constant(_vec(I32, 4), [ir.Constant(I32, 0)] * 4)
+    for i, w in enumerate(words):
+        v = builder.insert_element(v, w, ir.Constant(I32, i))
+    cvt = _function(builder, "llvm.x86.vcvtph2ps.128", _vec(F32, 4), [_vec(I16, 8)])
+    return builder.call(cvt, [builder.bitcast(v, _vec(I16, 8))])
+
+
 def _pairs(builder, v, n: int):
     """Adjacent pairs of an ``n``-vector summed: ``(v0+v1, v2+v3, ...)``."""
     even = builder.shuffle_vector(v, v, _indices(range(0, n, 2)))
@@ -196,8 +216,9 @@ def _nibbles(builder, qs):
                                   _indices(range(32)))
 
 
-def _weight_block(builder, kind: int, blk):
-    """Block ``blk`` (an i64 address) of a weight row: ``(d_w, m_w or None, unsigned quants, signed quants or None)``.
+def _weight_block(builder, kind: int, blk, with_d: bool = True):
+    """Block ``blk`` (an i64 address) of a weight row: ``(d_w, m_w or None, unsigned quants, signed quants or None)``
+    (``d_w`` None if not ``with_d``: Q8_0 / Q5_0 scales then come four blocks at a time).
 
     Q4_1 quants are 0..15 already. Q8_0 / Q5_0 quants are signed: ggml feeds ``pmaddubsw`` with
     ``|q|`` and moves the signs onto the activations (:func:`_sign`), so ``q`` is returned too.
@@ -205,7 +226,7 @@ def _weight_block(builder, kind: int, blk):
     if kind == KIND_Q4_1:  # d, m, 16 bytes of nibbles
         d_w, m_w = _load_f16_pair(builder, blk)
         return d_w, m_w, _nibbles(builder, _load(builder, _vec(I8, 16), blk, 4)), None
-    d_w = _load_f16(builder, blk)
+    d_w = _load_f16(builder, blk) if with_d else None
     if kind == KIND_Q8_0:  # d, 32 int8
         qw = _load(builder, _vec(I8, 32), blk, 2)
     else:  # Q5_0: d, qh (the 32 fifth bits), 16 bytes of nibbles; q - 16 = nibble | (0xF0 unless the bit is set)
@@ -250,26 +271,45 @@ class _Operands:
 
 
 def _emit_q32(builder, kind: int, n_t: int, args, nb):
-    """Blocks of 32 (Q4_1 x Q8_1, Q8_0 / Q5_0 x Q8_0): ggml's ``vec_dot`` (see the module docstring)."""
+    """Blocks of 32 (Q4_1 x Q8_1, Q8_0 / Q5_0 x Q8_0): ggml's ``vec_dot`` (see the module docstring).
+    Q8_0 / Q5_0 go four blocks at a time: their four weight scales in one conversion
+    (:func:`_load_f16x4`) and ``d_w * d_x`` as one 4-lane multiply per token (the same products)."""
     tok = [_Operands(builder, args, t) for t in range(n_t)]
     const = lambda v: ir.Constant(I64, v)  # noqa: E731
     v8f = _vec(F32, 8)
     accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(n_t)]
     summs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n_t)]
-    with cgutils.for_range(builder, nb) as loop:
-        b = loop.index
+    block_addr = lambda b: builder.add(tok[0].w, builder.mul(b, const(BLOCK_BYTES[kind])))  # noqa: E731
+
+    def one_block(b, scales=None):
+        """Block ``b`` for every token; ``scales``: each token's ``d_w * d_x``, if already computed."""
         b4, b32 = builder.mul(b, const(4)), builder.mul(b, const(32))
-        d_w, m_w, qx, qw = _weight_block(builder, kind, builder.add(tok[0].w, builder.mul(b, const(BLOCK_BYTES[kind]))))
+        d_w, m_w, qx, qw = _weight_block(builder, kind, block_addr(b), with_d=scales is None)
         for t, op in enumerate(tok):
             qy = _load(builder, _vec(I8, 32), op.x, b32)
             if qw is not None:
                 qy = _sign(builder, qy, qw)
-            d_x = _load(builder, F32, op.xd, b4, 4)
             if m_w is not None:  # summs += m_w * s_x: two roundings, not fused (as ggml's binary does)
                 s_x = _load(builder, F32, op.xs, b4, 4)
                 builder.store(builder.fadd(builder.load(summs[t]), builder.fmul(m_w, s_x)), summs[t])
-            acc = _fma_block(builder, builder.fmul(d_w, d_x), _lane_sums(builder, qx, qy), builder.load(accs[t]))
-            builder.store(acc, accs[t])
+            d = scales[t] if scales is not None else builder.fmul(d_w, _load(builder, F32, op.xd, b4, 4))
+            builder.store(_fma_block(builder, d, _lane_sums(builder, qx, qy), builder.load(accs[t])), accs[t])
+
+    if kind == KIND_Q4_1:  # d and m come as a pair already (_load_f16_pair)
+        with cgutils.for_range(builder, nb) as loop:
+            one_block(loop.index)
+    else:
+        n4 = builder.udiv(nb, const(4))
+        with cgutils.for_range(builder, n4) as loop:
+            b0 = builder.mul(loop.index, const(4))
+            blocks = [builder.add(b0, const(i)) for i in range(4)]
+            d_w4 = _load_f16x4(builder, [block_addr(b) for b in blocks])
+            products = [builder.fmul(d_w4, _load(builder, _vec(F32, 4), op.xd, builder.mul(b0, const(4)), 4))
+                        for op in tok]  # d_w * d_x of the four blocks, per token
+            for i, b in enumerate(blocks):
+                one_block(b, [builder.extract_element(p, ir.Constant(I32, i)) for p in products])
+        with cgutils.for_range_slice(builder, builder.mul(n4, const(4)), nb, const(1)) as (b, _):
+            one_block(b)
     for t, op in enumerate(tok):
         total = _hsum8(builder, builder.load(accs[t]))
         if kind == KIND_Q4_1:
