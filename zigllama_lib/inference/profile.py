@@ -34,14 +34,14 @@ SmolLM2-135M Q4_1, 2 threads, 2-core AMD EPYC VM (figures drift by ~30% through 
 
     zigllama profile --threads 2 --n-prompt 128 --n-decode 32 --reps 3 --numerics llama.cpp
 
-    decode step at position 128: 17.7 ms (fused; 36.6 ms timed op by op, unfused)
-    prefill 128 tokens: 0.56 s; decode latency p50 19.8 ms at 2 threads (51 tok/s), 24.7 ms at 1
-    read bandwidth 11.8 GB/s (1 thread), 16.0 GB/s (2); weights 96.4 MB per token:
-    decode ceiling 166 tok/s, we reach 30%
+    decode step at position 128: 9.5 ms (fused; 21.2 ms timed op by op, unfused)
+    prefill 128 tokens: 0.64 s; decode latency p50 9.8 ms at 2 threads (97 tok/s), 14.4 ms at 1
+    read bandwidth 11.1 GB/s (1 thread), 21.1 GB/s (2); weights 96.4 MB per token:
+    decode ceiling 219 tok/s, we reach 44%
 
-(2026-11-23, in one of the machine's slow hours: ``zigllama bench`` had measured
-our decode at 99 tok/s, llama.cpp's at 86, an hour earlier; compare engines only
-within one ``zigllama bench --vs llama.cpp`` run.)
+(2026-11-23; earlier that day, in one of the machine's slow hours, the same command
+measured 17.7 ms per step and 16.0 GB/s: compare engines only within one
+``zigllama bench --vs llama.cpp`` run.)
 
 The "parallel kernel calls" row counts the unfused path (332 regions); the fused
 step of :mod:`..models.fused_decode` launches 5 per layer plus the output head
