@@ -29,7 +29,11 @@ or four (prefill: each weight block unpacked once for the four).
 
 The kernels read the weight rows straight from the GGUF bytes (the
 memory-mapped file: no repacking, no copy) and the activations from the planes
-of :func:`.q8.quantize_q8_32_planes`. On a CPU without AVX2 the same lane sums
+of :func:`.q8.quantize_q8_32_planes` / :func:`.q8.quantize_q8_K_planes`. One
+trap, measured: left to itself LLVM loads a block's float16 scale with
+``vpinsrw`` into whatever vector register is at hand -- often the accumulator --
+which chains every block to the previous block's FMA and doubled the cost of a
+block; :func:`_load_f16_pair`, :func:`_load_f16x4` and :func:`_load_f16` avoid it. On a CPU without AVX2 the same lane sums
 are built from portable IR (widen, multiply, add adjacent pairs), which LLVM
 lowers to whatever SIMD the CPU has; the integers, hence the result, are equal.
 """
