@@ -48,9 +48,9 @@ step of :mod:`..models.fused_decode` launches 5 per layer plus the output head
 (151 for SmolLM2). (Before the SIMD kernels, stop 6: 80-89 ms per step, 6.5-6.9 s
 per prefill on these numerics; the float numerics 36-39 ms and 1.39 s.)
 
-Float prefill with 2 threads runs 3x faster (0.44 s) with ``OPENBLAS_NUM_THREADS=1``:
-numpy's BLAS threads and Numba's OpenMP threads spin-wait against each other
-on two cores. When another process competes for the cores, every parallel
+A float prefill runs numpy's BLAS single-threaded (``foundation.threads``):
+with OpenBLAS's own threads spinning against Numba's on two cores it took 1.39 s
+(stop 6, above); the same command now measures 0.68 s. When another process competes for the cores, every parallel
 region can wait a scheduler time slice (~8 ms) for its second thread: a decode
 step then takes far longer, and 1 thread can be faster than 2.
 """
