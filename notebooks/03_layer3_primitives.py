@@ -56,7 +56,7 @@ import zigllama_lib as zl
 from zigllama_lib.linear_algebra import dequantize, matmul
 from zigllama_lib.models.decoder import Decoder, numerics_named
 from zigllama_lib.neural_primitives import ACTIVATIONS, apply_rope, layer_norm, rms_norm, rope_angles, silu, swiglu
-from zigllama_lib.neural_primitives.ggml_math import rms_norm_ggml, rope_ggml, silu_ggml
+from zigllama_lib.neural_primitives.ggml_math import geglu_ggml, rms_norm_ggml, rope_ggml, silu_ggml
 from zigllama_lib.viz import primitives as vp
 
 print(f"python {platform.python_version()}, numpy {np.__version__}, "
@@ -540,11 +540,13 @@ vp.rope_view(q_vec, k_vec, n_rot=d, base=base, mode=spec.traits.rope_mode, posit
 # %% [markdown]
 # ## 5. The llama.cpp versions
 #
-# `neural_primitives.ggml_math` has a second copy of SiLU, RMSNorm and RoPE
-# that follows ggml's float32 operations step by step (its vectorised `expf`,
-# its fused multiply-adds), so that the decoder's `"llama.cpp"` numerics give
-# llama.cpp's numbers bit for bit. It computes the same functions; only the
-# last bits differ:
+# `neural_primitives.ggml_math` has a second copy of SiLU, GELU, RMSNorm and
+# RoPE that follows ggml's float32 operations step by step (its vectorised
+# `expf`, its fused multiply-adds), so that the decoder's `"llama.cpp"`
+# numerics give llama.cpp's numbers bit for bit. It computes the same
+# functions; only the last bits differ -- except GELU, which ggml looks up in a
+# table of all 65536 float16 inputs (rounding both the input and the result to
+# float16), so it is only float16-accurate:
 
 # %%
 def max_ulps(a, b):
@@ -554,6 +556,8 @@ def max_ulps(a, b):
 
 
 print(f"silu     : {max_ulps(silu_ggml(gate), silu(gate)):.0f} ulp at most")
+gelu_table_err = np.abs(geglu_ggml(gate, np.ones_like(gate)) - ACTIVATIONS["gelu"](gate)).max()
+print(f"gelu     : max |difference| {gelu_table_err:.1e} on values up to {np.abs(gate).max():.1f} (float16 table)")
 print(f"rms_norm : {max_ulps(rms_norm_ggml(embeddings, g0, eps), rms_norm(embeddings, g0, eps)):.0f} ulp at most")
 rot_ggml, rot = rope_ggml(q, positions, d, base, "norm"), apply_rope(q, positions, d, base, "norm")
 print(f"rope     : max |difference| {np.abs(rot_ggml - rot).max():.1e} on values up to {np.abs(rot).max():.1f}")

@@ -28,20 +28,24 @@ def _steps(decoder, prompt, tokens, fused: bool):
         decoder.fused_decode = True
 
 
-@pytest.mark.parametrize("n_prompt", [5, 250])  # 250: the decode steps cross llama.cpp's 256-cell KV padding
-def test_fused_step_is_the_generic_step_bit_for_bit(smollm_decoder, n_prompt):
-    assert unsupported_reason(smollm_decoder) is None
+def _assert_fused_is_generic(decoder, n_prompt):
+    """Random prompt, then 9 decode steps both ways: identical logits and float16 cache."""
+    assert unsupported_reason(decoder) is None
     rng = np.random.default_rng(n_prompt)
-    prompt = rng.integers(0, smollm_decoder.spec.n_vocab, n_prompt).tolist()
-    tokens = rng.integers(0, smollm_decoder.spec.n_vocab, 9).tolist()
-    fused, cache_f = _steps(smollm_decoder, prompt, tokens, True)
-    generic, cache_g = _steps(smollm_decoder, prompt, tokens, False)
+    prompt = rng.integers(0, decoder.spec.n_vocab, n_prompt).tolist()
+    tokens = rng.integers(0, decoder.spec.n_vocab, 9).tolist()
+    fused, cache_f = _steps(decoder, prompt, tokens, True)
+    generic, cache_g = _steps(decoder, prompt, tokens, False)
     assert np.array_equal(fused.view(np.int32), generic.view(np.int32))
-    # the float16 cache the fused step wrote is the generic path's
-    n = n_prompt + len(tokens)
+    n = n_prompt + len(tokens)  # the float16 cache the fused step wrote is the generic path's
     assert np.array_equal(cache_f.k[:, :n].view(np.uint16), cache_g.k[:, :n].view(np.uint16))
     assert np.array_equal(cache_f.v[:, :n].view(np.uint16), cache_g.v[:, :n].view(np.uint16))
     assert cache_f.n_past == cache_g.n_past == n
+
+
+@pytest.mark.parametrize("n_prompt", [5, 250])  # 250: the decode steps cross llama.cpp's 256-cell KV padding
+def test_fused_step_is_the_generic_step_bit_for_bit(smollm_decoder, n_prompt):
+    _assert_fused_is_generic(smollm_decoder, n_prompt)
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +59,7 @@ def gemma_decoder(gemma_path):
 def test_fused_gemma_step_is_the_generic_step_bit_for_bit(gemma_decoder, n_prompt):
     """Gemma 3: q/k norms, post-norms, GELU, Q scaled after RoPE, sliding-window layers, Q4_K / Q6_K
     matrices fed with Q8_K activations (the generic step is llama.cpp's, test_model_parity_gemma)."""
-    assert unsupported_reason(gemma_decoder) is None
-    rng = np.random.default_rng(n_prompt)
-    prompt = rng.integers(0, gemma_decoder.spec.n_vocab, n_prompt).tolist()
-    tokens = rng.integers(0, gemma_decoder.spec.n_vocab, 9).tolist()
-    fused, cache_f = _steps(gemma_decoder, prompt, tokens, True)
-    generic, cache_g = _steps(gemma_decoder, prompt, tokens, False)
-    assert np.array_equal(fused.view(np.int32), generic.view(np.int32))
-    n = n_prompt + len(tokens)
-    assert np.array_equal(cache_f.k[:, :n].view(np.uint16), cache_g.k[:, :n].view(np.uint16))
+    _assert_fused_is_generic(gemma_decoder, n_prompt)
 
 
 def test_unsupported_models_say_why(smollm_decoder):

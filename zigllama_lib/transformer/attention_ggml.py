@@ -161,6 +161,8 @@ def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: 
     Returns:
         (n_tok, n_head * d_v) float32.
     """
+    if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
+        raise ValueError(f"attention_ggml: window must be a positive number of positions or None, got {window!r}")
     q = np.asarray(q, dtype=np.float32)
     n_tok, n_head, d = q.shape
     n_kv = n_past + n_tok
