@@ -29,7 +29,24 @@ cp -r "$BOOK/node_modules/@jupyter-widgets/html-manager/dist" "$BOOK/_vendor/jup
 # --- 2. the book ----------------------------------------------------------------
 # --all: a fresh Sphinx environment, so every notebook is executed against the
 # library as it is now, even when the notebook itself did not change.
-"$PY" -c "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()" \
-    build "$BOOK" --all --warningiserror --nitpick --keep-going
+# Every wait on a notebook's kernel is bounded by _ext/zigllama_execution.py (start:
+# 120 s, one retry with a fresh kernel; each cell: execute.timeout), which fails
+# the build naming the notebook. BOOK_TIMEOUT (s, default 3600; 0 = none) is only
+# a backstop for a hang anywhere else, so that CI cannot wait forever. --foreground
+# keeps Ctrl-C working; on expiry Python gets SIGTERM and nbclient stops its kernel.
+build=("$PY" -c "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()"
+       build "$BOOK" --all --warningiserror --nitpick --keep-going)
+limit=${BOOK_TIMEOUT:-3600}
+if [ "$limit" != 0 ] && command -v timeout >/dev/null; then
+    status=0
+    timeout --foreground --kill-after=60 "$limit" "${build[@]}" || status=$?
+    if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+        echo "book build stopped after $limit s (BOOK_TIMEOUT): it hung; the last notebook" \
+             "it was executing is named in the log above" >&2
+    fi
+    [ "$status" = 0 ] || exit "$status"
+else
+    "${build[@]}"
+fi
 date -u +%Y-%m-%dT%H:%M:%SZ > "$BOOK/_build/html/.zigllama-built"
 echo "book built in $(( $(date +%s) - start )) s: $BOOK/_build/html/index.html"
