@@ -10,10 +10,11 @@ Which comparisons are which (see DESIGN.md, "Oracles"):
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import pytest
+
+from oracles import require_module
 
 from zigllama_lib.models import registry
 
@@ -40,7 +41,7 @@ def gemma_path() -> Path:
 
 @pytest.fixture(scope="session")
 def llama_cpp():
-    return pytest.importorskip("llama_cpp", reason="the llama.cpp oracle (pip install 'zigllama-lib[oracle]')")
+    return require_module("llama_cpp")
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,11 @@ Two kinds of evidence:
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 import pytest
+
+from oracles import ggml_library
 
 from zigllama_lib.foundation.ggml_types import GGMLType
 from zigllama_lib.linear_algebra.ggml_exact import fma32, matmul_ggml
@@ -24,10 +25,7 @@ from zigllama_lib.linear_algebra.q8 import quantize_q8_0, quantize_q8_1
 
 
 def _ggml_cpu_lib(llama_cpp):
-    path = os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-cpu.so")
-    if not os.path.exists(path):
-        pytest.skip("llama-cpp-python ships no libggml-cpu.so")
-    lib = ctypes.CDLL(path)
+    lib = ggml_library(llama_cpp, "libggml-cpu.so")
     lib.ggml_cpu_init()  # fills the fp16 -> fp32 table the kernels read
     return lib
 

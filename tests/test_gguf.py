@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from oracles import require_file, require_module
+
 from zigllama_lib.foundation.errors import GGUFError
 from zigllama_lib.foundation.ggml_types import GGMLType
 from zigllama_lib.foundation.gguf import GGUFFile, GGUFValueType, MetadataType
 
-gguf = pytest.importorskip("gguf")
+gguf = require_module("gguf")
 
 CACHE = Path(os.path.expanduser(os.environ.get("ZIGLLAMA_CACHE", "~/.cache/zigllama")))
 MODEL_FILES = {
@@ -30,9 +32,7 @@ MODEL_FILES = {
 
 def model_path(key: str) -> Path:
     p = MODEL_FILES[key]
-    if not p.is_file():
-        pytest.skip(f"{p} not present (set ZIGLLAMA_CACHE)")
-    return p
+    return require_file(p)
 
 
 @pytest.fixture(scope="module", params=sorted(MODEL_FILES))

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from oracles import require_file
+
 from zigllama_lib.foundation.ggml_types import GGMLType
 from zigllama_lib.foundation.gguf import GGUFFile, GGUFValueType as V, MetadataType as M
 from zigllama_lib.foundation.gguf_writer import GGUFWriter
@@ -20,8 +22,7 @@ SMOLLM2 = CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @pytest.fixture(scope="module")
 def smol() -> GGUFFile:
-    if not SMOLLM2.is_file():
-        pytest.skip(f"{SMOLLM2} not present (set ZIGLLAMA_CACHE)")
+    require_file(SMOLLM2)
     return GGUFFile(SMOLLM2)
 
 

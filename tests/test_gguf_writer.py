@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from oracles import require_file, require_module
+
 from zigllama_lib.foundation.errors import GGUFError, UnsupportedTypeError, ZigLlamaError
 from zigllama_lib.foundation.ggml_types import BLOCK_GEOMETRY, GGMLType
 from zigllama_lib.foundation.gguf import GGUFFile, GGUFValueType as V, MetadataType as M
 from zigllama_lib.foundation.gguf_writer import GGUFWriter, copy_gguf, infer_type
 
-gguf = pytest.importorskip("gguf")
+gguf = require_module("gguf")
 
 CACHE = Path(os.path.expanduser(os.environ.get("ZIGLLAMA_CACHE", "~/.cache/zigllama")))
 SMOLLM2 = CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -23,9 +25,7 @@ GEMMA3 = CACHE / "gemma-3-270m-q4_k_m.gguf"
 
 
 def need(p: Path) -> Path:
-    if not p.is_file():
-        pytest.skip(f"{p} not present (set ZIGLLAMA_CACHE)")
-    return p
+    return require_file(p)
 
 
 def A(item: V) -> M:
@@ -453,7 +453,7 @@ LLAMA_CASES = {
 
 @pytest.fixture(scope="module")
 def llama_reference():
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = require_module("llama_cpp")
     src = need(SMOLLM2)
     return llama_cpp, _llama_logits(llama_cpp, src)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+from oracles import require_module
+
+gguf = require_module("gguf")
 
 from zigllama_lib.foundation.errors import ConfigError, UnsupportedTypeError  # noqa: E402
 from zigllama_lib.foundation.ggml_types import BLOCK_GEOMETRY, GGMLType  # noqa: E402

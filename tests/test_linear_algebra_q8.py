@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+from oracles import require_module
+
+gguf = require_module("gguf")
 
 from zigllama_lib.foundation.errors import ConfigError  # noqa: E402
 from zigllama_lib.linear_algebra import quantize_q8_0, quantize_q8_1, quantize_q8_K  # noqa: E402

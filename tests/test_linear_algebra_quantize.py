@@ -12,10 +12,11 @@ ties and one-signed blocks) and real SmolLM2-135M tensors.
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 import pytest
+
+from oracles import ggml_library, require_module
 
 from zigllama_lib.foundation.errors import ConfigError, UnsupportedTypeError, ZigLlamaError
 from zigllama_lib.foundation.gguf import GGUFFile
@@ -31,7 +32,7 @@ from zigllama_lib.linear_algebra.quantize import (
     round_trip,
 )
 
-gguf = pytest.importorskip("gguf", reason="gguf-py, the oracle for the quantisers (pip install gguf==0.19.0)")
+gguf = require_module("gguf")
 
 LEGACY = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)
 GGUF_PY_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + LEGACY
@@ -59,10 +60,7 @@ def weights(n_rows: int, n_cols: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def ggml_base(llama_cpp):
     """ggml's compiled reference quantisers (``libggml-base.so`` of llama-cpp-python)."""
-    path = os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so")
-    if not os.path.exists(path):
-        pytest.skip("llama-cpp-python ships no libggml-base.so")
-    return ctypes.CDLL(path)
+    return ggml_library(llama_cpp, "libggml-base.so")
 
 
 def ggml_quantize(lib, x: np.ndarray, t: GGMLType) -> np.ndarray:

@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from oracles import require_module  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
@@ -113,7 +115,7 @@ def test_the_residual_stream_marker_adds_exactly_like_numpy():
 
 # -- bytes, FLOPs, ceiling ---------------------------------------------------------------------
 def test_weight_bytes_and_flops_by_hand_and_against_gguf_py(smollm, smollm_path):
-    gguf = pytest.importorskip("gguf")
+    gguf = require_module("gguf")
     dec = smollm.decoder
     wq, wd, out = dec.layers[0].wq, dec.layers[0].w_down, dec.output
     # Q4_1: blocks of 32 values in 20 bytes (f16 d, f16 m, 16 bytes of nibbles); Q8_0: 32 values in 34 bytes

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from oracles import require_module, require_file
+
 from zigllama_lib.foundation.errors import TokenizerError, ZigLlamaError
 from zigllama_lib.foundation.gguf import GGUFFile
 from zigllama_lib.models.tokenizer import (
@@ -115,15 +117,13 @@ SPECIAL_TEXTS = [t for n, t in CORPUS if n in ("special_text", "endoftext", "gem
 
 def model_path(name: str) -> Path:
     path = CACHE / FILES[name]
-    if not path.exists():
-        pytest.skip(f"{path} not present (set ZIGLLAMA_CACHE or run `zigllama pull`)")
-    return path
+    return require_file(path)
 
 
 @pytest.fixture(scope="module")
 def oracle():
     """The llama_cpp module (the oracle); skips, saying so, when llama-cpp-python is missing."""
-    return pytest.importorskip("llama_cpp", reason="the llama.cpp oracle (pip install 'zigllama-lib[oracle]')")
+    return require_module("llama_cpp")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import random
 
 import numpy as np
 import pytest
+
+from oracles import require_module
 import regex
 
 from test_tokenizer import CORPUS, model_path, ref_tokenize
@@ -69,7 +71,7 @@ def probe_vocab(strings: list[str]) -> tuple[list[str], list[str]]:
 @pytest.fixture(scope="module")
 def oracle():
     """The llama_cpp module (the oracle); skips, saying so, when llama-cpp-python is missing."""
-    return pytest.importorskip("llama_cpp", reason="the llama.cpp oracle (pip install 'zigllama-lib[oracle]')")
+    return require_module("llama_cpp")
 
 
 @pytest.fixture(scope="module")

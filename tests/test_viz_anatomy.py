@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+from oracles import require_module  # noqa: E402
+
 from zigllama_lib.foundation.errors import ConfigError, ZigLlamaError  # noqa: E402
 from zigllama_lib.foundation.gguf import GGUFFile  # noqa: E402
 from zigllama_lib.viz.anatomy import (  # noqa: E402
@@ -29,7 +31,7 @@ from zigllama_lib.viz.anatomy import (  # noqa: E402
     plot_anatomy,
 )
 
-gguf_py = pytest.importorskip("gguf", reason="gguf-py, the oracle for the tensor table (pip install gguf==0.19.0)")
+gguf_py = require_module("gguf")
 
 # The oracle's grouping, written from the tensor names llama.cpp uses (llama-arch.cpp), not from part_of.
 ORACLE_PART = [

@@ -13,13 +13,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from oracles import require_file, require_module  # noqa: E402
+
 from zigllama_lib.foundation.errors import GGUFError  # noqa: E402
 from zigllama_lib.foundation.ggml_types import GGMLType  # noqa: E402
 from zigllama_lib.foundation.gguf import GGUFFile, GGUFValueType as V, MetadataType as M  # noqa: E402
 from zigllama_lib.foundation.gguf_writer import GGUFWriter  # noqa: E402
 from zigllama_lib.viz import gguf_anatomy as ga  # noqa: E402
 
-gguf = pytest.importorskip("gguf")
+gguf = require_module("gguf")
 
 CACHE = Path(os.path.expanduser(os.environ.get("ZIGLLAMA_CACHE", "~/.cache/zigllama")))
 SMOLLM2 = CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -27,9 +29,7 @@ GEMMA3 = CACHE / "gemma-3-270m-q4_k_m.gguf"
 
 
 def need(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"{path} not present (set ZIGLLAMA_CACHE)")
-    return path
+    return require_file(path)
 
 
 @pytest.fixture(scope="module")

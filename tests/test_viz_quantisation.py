@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from oracles import require_module  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from zigllama_lib.foundation.errors import ConfigError, GGUFError  # noqa: E402
@@ -37,7 +39,7 @@ from zigllama_lib.viz.quantisation import (  # noqa: E402
     tensor_values,
 )
 
-gguf = pytest.importorskip("gguf", reason="gguf-py, the oracle for the round trips (pip install gguf==0.19.0)")
+gguf = require_module("gguf")
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,22 @@ def _bench_command(args, **resolved) -> str:
     return shlex.join(cmd)
 
 
+def _cmd_parity(args) -> int:
+    from .foundation.threads import available_cores
+    from .inference import llama_cpp_builds
+    from .inference.engine import load
+
+    threads = args.threads or available_cores()
+    model = load(args.model, n_threads=threads, progress=False, **({"n_ctx": args.n_ctx} if args.n_ctx else {}))
+    report = llama_cpp_builds.parity_report(model, args.llama_cpp, prompts=args.prompt, n_greedy=args.n_greedy,
+                                            n_threads=threads)
+    print(llama_cpp_builds.format_parity(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
 def _cmd_bench(args) -> int:
     import importlib.util
 
@@ -140,13 +156,13 @@ def _cmd_bench(args) -> int:
     else:
         if args.vs is not None and args.vs != "llama.cpp":
             raise ZigLlamaError(f"--vs accepts only 'llama.cpp', got {args.vs!r}")
-        if args.vs and importlib.util.find_spec("llama_cpp") is None:
-            raise ZigLlamaError("--vs llama.cpp needs llama-cpp-python: pip install 'zigllama-lib[oracle]'")
+        if args.vs and args.llama_cpp in ("auto", "installed") and importlib.util.find_spec("llama_cpp") is None:
+            raise ZigLlamaError("--vs llama.cpp needs llama-cpp-python: scripts/install_oracle.sh")
         n_prompt, n_decode = args.n_prompt or 128, args.n_decode or 128
         res = dict(threads=threads, numerics=numerics, n_prompt=n_prompt, n_decode=n_decode)
         result = bench.run(args.model, n_prompt=n_prompt, n_decode=n_decode, reps=args.reps,
                            vs_llama_cpp=args.vs is not None, n_threads=threads, numerics=numerics,
-                           startup=args.startup, command=_bench_command(args, **res))
+                           startup=args.startup, command=_bench_command(args, **res), llama_cpp=args.llama_cpp)
         text = bench.format_markdown(result)
     print(text)
     if args.json:
@@ -204,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Highlights' measured (zigllama_lib.inference.bench / .highlights).")
     _add_model_args(b)
     b.add_argument("--vs", metavar="ENGINE", default=None, help="compare with 'llama.cpp' (needs llama-cpp-python)")
+    b.add_argument("--llama-cpp", default="auto", metavar="BUILD",
+                   help="with --vs llama.cpp: which build, 'auto' (native if installed by "
+                        "scripts/install_oracle.sh --native, else installed), 'native', 'installed' or a folder "
+                        "holding llama_cpp")
     b.add_argument("--n-prompt", type=_positive_int, default=None,
                    help="prefill length (default 128; 64 with --highlights)")
     b.add_argument("--n-decode", type=_positive_int, default=None,
@@ -235,6 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
     pr.add_argument("--json", help="also write the result as JSON to this file")
     pr.set_defaults(func=_cmd_profile)
+
+    pa = sub.add_parser("parity", help="how far our llama.cpp numerics agree with a llama.cpp build "
+                                       "(logits and greedy tokens)")
+    _add_model_args(pa)
+    pa.add_argument("--llama-cpp", default="installed", metavar="BUILD",
+                    help="'installed' (default: the pinned oracle in the test environment), 'native' "
+                         "(scripts/install_oracle.sh --native), 'auto' or a folder holding llama_cpp")
+    pa.add_argument("--n-greedy", type=_positive_int, default=48, help="greedy tokens compared per prompt")
+    pa.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: four built-in)")
+    pa.add_argument("--json", help="also write the report as JSON to this file")
+    pa.set_defaults(func=_cmd_parity)
     return parser
 
 

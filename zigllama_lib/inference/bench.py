@@ -264,7 +264,7 @@ def _run_child(code: str, payload: dict | None = None, env: dict | None = None, 
 
 
 def bench_llama_cpp(path, prompt: list[int], n_decode: int, reps: int,
-                    n_threads: int) -> tuple[list[Measurement], dict]:
+                    n_threads: int, env: dict | None = None) -> tuple[list[Measurement], dict]:
     """llama.cpp's prefill of ``prompt`` and ``n_decode`` greedy steps (after its first 8 tokens), in a child.
 
     Returns the two measurements and ``{"load_s", "peak_rss_bytes", "rss_before_load_bytes", ...}``
@@ -272,13 +272,13 @@ def bench_llama_cpp(path, prompt: list[int], n_decode: int, reps: int,
     """
     _check_positive(n_decode=n_decode, reps=reps, n_threads=n_threads)
     r = _run_child(_LLAMA_CPP_CHILD, {"path": str(path), "prompt": [int(t) for t in prompt], "n_decode": n_decode,
-                                      "reps": reps, "n_threads": n_threads})
+                                      "reps": reps, "n_threads": n_threads}, env=env)
     pre = Measurement("llama.cpp", "prefill", len(prompt), r.pop("prefill_s"))
     dcd = Measurement("llama.cpp", "decode", n_decode, r.pop("decode_s"))
     return [pre, dcd], r
 
 
-def _interleaved(model, path, n_prompt, n_decode, reps, numerics, n_threads):
+def _interleaved(model, path, n_prompt, n_decode, reps, numerics, n_threads, env=None):
     """``reps`` rounds of one repetition of ours then one of llama.cpp (a fresh child each round), so
     that both engines meet the machine in the same state: on a shared machine speed drifts over
     minutes, and ``reps`` of one engine followed by ``reps`` of the other turn that drift into a
@@ -289,7 +289,7 @@ def _interleaved(model, path, n_prompt, n_decode, reps, numerics, n_threads):
     info, paired = {}, {"prefill": [], "decode": []}
     for _ in range(reps):
         o = bench_ours(model, n_prompt, n_decode, 1, numerics)
-        ll, i = bench_llama_cpp(path, prompt, n_decode, 1, n_threads)
+        ll, i = bench_llama_cpp(path, prompt, n_decode, 1, n_threads, env)
         for m_o, m_l in zip(o, ll):
             paired[m_o.phase].append(m_o.median / m_l.median)
         if ours is None:
@@ -352,15 +352,15 @@ def _startup_once(code: str, payload: dict, env: dict | None = None) -> dict:
 
 
 def measure_startup(path, numerics: str, n_threads: int, reps: int = 1, cold: bool = True,
-                    vs_llama_cpp: bool = False) -> dict:
+                    vs_llama_cpp: bool = False, llama_cpp_env: dict | None = None) -> dict:
     """Fresh process to first token: ``zigllama_warm`` (median of ``reps``, after one untimed run that fills
     the Numba cache), ``zigllama_cold`` (one run, empty ``NUMBA_CACHE_DIR``), ``llama.cpp_warm`` if asked."""
     _check_positive(reps=reps, n_threads=n_threads)
     payload = {"path": str(path), "numerics": numerics, "n_threads": n_threads, "prompt": STARTUP_PROMPT}
 
-    def warm(code, label):
-        _startup_once(code, payload)  # untimed: fills caches (Numba's, the page cache)
-        runs = [_startup_once(code, payload) for _ in range(reps)]
+    def warm(code, label, env=None):
+        _startup_once(code, payload, env)  # untimed: fills caches (Numba's, the page cache)
+        runs = [_startup_once(code, payload, env) for _ in range(reps)]
         walls = [r["wall_s"] for r in runs]
         best = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
         return {**best, "wall_s": statistics.median(walls), "wall_s_all": walls, "reps": reps, "what": label}
@@ -379,18 +379,22 @@ def measure_startup(path, numerics: str, n_threads: int, reps: int = 1, cold: bo
                                 "what": "same, NUMBA_CACHE_DIR empty: every kernel on the path compiled"}
     if vs_llama_cpp:
         out["llama.cpp_warm"] = warm(_LLAMA_CPP_STARTUP_CHILD, "fresh python: import llama_cpp, Llama(), "
-                                                               "first token")
+                                                               "first token", llama_cpp_env)
     return out
 
 
 # -- the whole run ------------------------------------------------------------------------------
 def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama_cpp: bool = False,
         n_threads: int | None = None, numerics: str | None = None, startup: bool = False,
-        startup_cold: bool = True, command: str | None = None) -> dict:
+        startup_cold: bool = True, command: str | None = None, llama_cpp: str = "auto") -> dict:
     """Run the benchmark; returns a JSON-able dict with every measurement, the ratios and the machine.
 
     ``model``: a registry name or ``.gguf`` path (then its load is timed and our
     memory is counted from before it), or a loaded :class:`LanguageModel`.
+    ``llama_cpp``: which llama.cpp build to time against (:mod:`.llama_cpp_builds`):
+    ``"auto"`` (the native build if ``scripts/install_oracle.sh --native`` installed
+    one -- what pip gives a user on this machine -- else the installed one),
+    ``"native"``, ``"installed"`` or a folder holding ``llama_cpp``.
     """
     from .engine import LanguageModel, load
 
@@ -414,8 +418,14 @@ def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama
         raise ConfigError(f"n_prompt={n_prompt} / 8 + n_decode={8 + n_decode} exceed the model's training "
                           f"context of {model.spec.n_ctx_train} tokens")
 
+    build = build_info = None
     if vs_llama_cpp:
-        results, llama, info, paired = _interleaved(model, path, n_prompt, n_decode, reps, numerics, n_threads)
+        from .llama_cpp_builds import describe, resolve
+
+        build = resolve(llama_cpp)
+        build_info = describe(build)
+        results, llama, info, paired = _interleaved(model, path, n_prompt, n_decode, reps, numerics, n_threads,
+                                                    build.env())
     else:
         results = bench_ours(model, n_prompt, n_decode, reps, numerics)
     end = rss_now()
@@ -436,7 +446,7 @@ def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama
     out = {"command": command, "machine": machine, "model": str(path), "file_bytes": file_bytes,
            "n_threads": n_threads, "numerics": numerics, "n_prompt": n_prompt, "n_decode": n_decode, "reps": reps,
            "measurements": [m.summary() for m in results], "ratios": {}, "load": load_times, "memory": memory,
-           "startup": None, "paired_ratios": {}}
+           "startup": None, "paired_ratios": {}, "llama_cpp_build": build_info}
     by = {(m.engine, m.phase): m for m in results}
     for phase in ("prefill", "decode"):
         if ("llama.cpp", phase) in by:
@@ -444,7 +454,8 @@ def run(model, n_prompt: int = 128, n_decode: int = 128, reps: int = 5, vs_llama
             out["paired_ratios"][phase] = paired[phase]
     if startup:
         out["startup"] = measure_startup(path, numerics, n_threads, reps=min(reps, 3), cold=startup_cold,
-                                         vs_llama_cpp=vs_llama_cpp)
+                                         vs_llama_cpp=vs_llama_cpp,
+                                         llama_cpp_env=build.env() if build else None)
     out["machine"]["load_average_end"] = load_average()
     return out
 
@@ -494,6 +505,8 @@ def format_markdown(result: dict) -> str:
                  f"{result['n_threads']} threads, median of {result['reps']} reps. Machine: {mc['cpu']}, "
                  f"{mc['n_cores_available']} cores; numba {mc['numba']}, llama-cpp-python "
                  f"{mc['llama_cpp_python'] or '-'}; {mc['date']}. {_load_note(mc)}\n")
+    if result.get("llama_cpp_build"):
+        parts.append(f"llama.cpp timed: {result['llama_cpp_build']['label']}.\n")
     parts.append(format_table(result) + "\n")
     lines = ["| engine | load time | peak RSS | RSS before load | peak RSS / file size | RSS at end: anon + file |",
              "|---|---|---|---|---|---|"]
