@@ -32,6 +32,7 @@ from numba import njit, prange
 
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
 from ..foundation.ggml_types import GGMLType
+from ..foundation.libm import rope_theta_scale
 from ..linear_algebra.ggml_simd import KIND, KIND_Q4_K, KIND_Q6_K, PREFETCH_ROWS, prefetch_row
 from ..linear_algebra.ggml_simd import dot_any, dot_f32_ggml_f16, matmul_simd
 from ..linear_algebra.half import f16_bits_to_f32, f32_to_f16_bits
@@ -366,8 +367,8 @@ class FusedDecodeStep:
                                np.ascontiguousarray(np.stack([getattr(lw, name) for lw in decoder.layers]), np.float32))
         self.norms = tuple(stack(name) for name in NORMS)
         self.window = np.array([s.sliding_window if s.is_sliding(i) else 0 for i in range(n)], np.int64)
-        self.theta_scale = np.array([np.power(np.float32(s.rope_base_for(i)), np.float32(-2.0) / np.float32(s.rope_dims))
-                                     for i in range(n)], np.float32)  # powf, as rope_ggml
+        self.theta_scale = np.array([rope_theta_scale(s.rope_base_for(i), s.rope_dims)
+                                     for i in range(n)], np.float32)  # glibc's powf, as rope_ggml
         self._keep = [decoder.gguf]
 
     def __call__(self, token: int, cache) -> np.ndarray:

@@ -1,11 +1,15 @@
 """Activation functions: the non-linearities between linear layers.
 
-All take and return float32 arrays of any shape, element-wise.
+All take and return float32 arrays of any shape, element-wise. ``exp`` and
+``tanh`` are the C library's (:mod:`~zigllama_lib.foundation.libm`), so the
+results do not depend on which SIMD kernel numpy picks on this CPU.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..foundation.libm import exp_f32, tanh_f32
 
 _SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
@@ -18,7 +22,7 @@ def relu(x: np.ndarray) -> np.ndarray:
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """``1 / (1 + e^-x)``, computed without overflow for large ``|x|``."""
     x = np.asarray(x, dtype=np.float32)
-    e = np.exp(-np.abs(x))
+    e = exp_f32(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
 
 
@@ -37,7 +41,7 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``
     """
     x = np.asarray(x, dtype=np.float32)
-    return (0.5 * x * (1 + np.tanh(_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))).astype(np.float32)
+    return (0.5 * x * (1 + tanh_f32(_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))).astype(np.float32)
 
 
 def gelu_erf(x: np.ndarray) -> np.ndarray:

@@ -3,8 +3,10 @@
 Each function reproduces the float32 operations of the named ggml routine, in
 its order and with its fused multiply-adds (:func:`fma_f32`, the hardware FMA, equal
 bit for bit to the software :func:`fma32`), so that its result is bit-identical to llama.cpp's on an AVX2 + FMA
-machine. Scalar libm calls (``expf``, ``cosf``, ``sinf``) go through Numba's
-``math`` functions on float32, which call the same glibc routines ggml links.
+machine. Scalar libm calls (``expf``, ``cosf``, ``sinf``, ``tanhf``) go through Numba's
+``math`` functions on float32, which call the same glibc routines ggml links, and
+``powf`` through :mod:`~zigllama_lib.foundation.libm` -- never numpy's float32
+ufuncs, whose SIMD kernels differ per CPU (tests/test_libm.py).
 
 * :func:`expf_ggml` -- ``ggml_v_expf`` (``ggml-cpu/vec.h``, AVX2 + FMA), the
   ARM-optimized-routines exp: ``n = round(x log2 e)`` by the ``0x1.8p23`` shifter,
@@ -40,6 +42,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..foundation.errors import ConfigError
+from ..foundation.libm import rope_theta_scale
 from ..linear_algebra.ggml_exact import fma_f32
 from ..linear_algebra.half import f16_bits_to_f32, f32_to_f16_bits
 
@@ -288,7 +291,7 @@ def rope_ggml(x: np.ndarray, positions: np.ndarray, n_rot: int, base: float,
     x = np.ascontiguousarray(x, dtype=np.float32)
     pos = np.asarray(positions, dtype=np.int64)
     half = n_rot // 2
-    theta_scale = np.float32(np.power(np.float32(base), np.float32(-2.0) / np.float32(n_rot)))  # powf
+    theta_scale = rope_theta_scale(base, n_rot)  # glibc's powf, as ggml
     cos_c = np.empty((len(pos), half), np.float32)
     sin_c = np.empty((len(pos), half), np.float32)
     _rope_cache(pos, half, theta_scale, np.float32(freq_scale), cos_c, sin_c)

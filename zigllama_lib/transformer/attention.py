@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..foundation.libm import exp_f32, tanh_f32
+
 
 def causal_mask(n_tok: int, n_kv: int, n_past: int, window: int | None = None) -> np.ndarray:
     """Additive mask (n_tok, n_kv): 0 where query ``n_past + t`` may see key ``s``, -inf elsewhere."""
@@ -30,7 +32,7 @@ def causal_mask(n_tok: int, n_kv: int, n_past: int, window: int | None = None) -
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """``exp(x - max) / sum(exp(x - max))``, the sum accumulated in float64 as ggml does."""
     m = np.max(x, axis=axis, keepdims=True)
-    e = np.exp(x - m, dtype=np.float32)
+    e = exp_f32(np.asarray(x - m, dtype=np.float32))  # libm's expf: the same on every CPU
     return (e * (1.0 / np.sum(e, axis=axis, keepdims=True, dtype=np.float64)).astype(np.float32)).astype(np.float32)
 
 
@@ -62,7 +64,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: f
     scores = np.matmul(qg.astype(np.float32), kt) * np.float32(scale)  # (n_kv_head, group*n_tok, n_kv)
     scores = scores.reshape(n_kv_head, group, n_tok, n_kv)
     if softcap:
-        scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
+        scores = np.float32(softcap) * tanh_f32(scores / np.float32(softcap))
     scores = scores + causal_mask(n_tok, n_kv, n_past, window)
     weights = softmax(scores)  # (n_kv_head, group, n_tok, n_kv)
     w = weights.astype(np.float16).astype(np.float32) if f16_products else weights
