@@ -563,6 +563,38 @@ rot_ggml, rot = rope_ggml(q, positions, d, base, "norm"), apply_rope(q, position
 print(f"rope     : max |difference| {np.abs(rot_ggml - rot).max():.1e} on values up to {np.abs(rot).max():.1f}")
 
 # %% [markdown]
+# ### The same bits on every CPU
+#
+# The build these mirrors follow is **llama.cpp 0.3.36, x86-64 AVX2 build**
+# (`zigllama_lib.inference.llama_cpp_builds.PINNED_NAME`: no `-march=native`,
+# the same machine code on every CPU with AVX2). Its transcendentals come from
+# the C library: RoPE's ratio $	heta_{i+1}/	heta_i$ is `powf(base, -2.0f/d)`, the
+# rotation uses `cosf` and `sinf`. numpy's float32 `np.power`, `np.cos`, `np.exp`
+# are *not* the C library's: numpy picks a SIMD kernel per CPU (SSE, AVX2,
+# AVX-512), and they round differently. On an AVX-512 machine
+# `np.power(np.float32(1e5), np.float32(-2/64))` is one ulp above glibc's
+# `powf` -- and that one ulp in $	heta$ changes SmolLM2's greedy text after a few
+# tokens, because the 8-bit path amplifies every last-bit difference.
+# So the library calls the C library (`foundation.libm`, through ctypes and
+# inside compiled loops), never numpy's float32 transcendentals. Here is how
+# often numpy's float32 cosine of RoPE's angles disagrees with glibc's on *this*
+# CPU:
+
+# %%
+from zigllama_lib.foundation import libm
+from zigllama_lib.neural_primitives.rope import rope_angles
+
+angles = rope_angles(np.arange(4096), d, base)                      # (4096, d/2) float32, as ggml builds them
+numpy_cos = np.cos(angles)                                           # numpy's SIMD kernel for this CPU
+glibc_cos = libm.cos_f32(angles)                                     # cosf, as ggml calls it
+n_diff = int((numpy_cos != glibc_cos).sum())
+print(f"theta ratio: glibc powf {libm.rope_theta_scale(base, d)!r}, numpy power "
+      f"{np.power(np.float32(base), np.float32(-2.0) / np.float32(d))!r}")
+print(f"cos of {angles.size} RoPE angles: numpy's float32 kernel differs from glibc's cosf in {n_diff} "
+      f"({100 * n_diff / angles.size:.1f}%), by up to {np.abs(numpy_cos - glibc_cos).max():.1e}")
+assert np.array_equal(libm.rope_theta_scale(base, d), np.float32(base ** float(np.float32(-2.0) / np.float32(d))))
+
+# %% [markdown]
 # ## Summary
 #
 # - Activations act on each number: ReLU cuts negatives; SiLU $= x\sigma(x)$ and

@@ -647,6 +647,28 @@ assert np.array_equal(fused_logits, plain_logits)  # the fused step is the layer
 print(f"decode step: layer by layer {t_plain * 1e3:.1f} ms, fused {t_fused * 1e3:.1f} ms")
 
 # %% [markdown]
+# ## 7. Which llama.cpp we agree with
+#
+# The `"llama.cpp"` numerics mirror one build, **llama.cpp 0.3.36, x86-64 AVX2
+# build** (`scripts/install_oracle.sh` builds and installs it). What pip builds
+# on your own machine is a *native* build: on an AVX-512 CPU its float code takes
+# other paths and rounds differently, and the 8-bit path turns those last-bit
+# differences into other tokens after a while. `parity_report` runs a llama.cpp
+# build in a child process and compares logits and greedy tokens with ours
+# (`zigllama parity --llama-cpp native` does the same for a native build):
+
+# %%
+import importlib.util
+
+from zigllama_lib.inference.llama_cpp_builds import format_parity, parity_report
+
+if importlib.util.find_spec("llama_cpp") is not None:
+    report = parity_report(model, "installed", prompts=["The capital of France is", "Water boils at"], n_greedy=16)
+    print(format_parity(report))
+else:
+    print("llama-cpp-python is not installed here: scripts/install_oracle.sh installs the pinned build")
+
+# %% [markdown]
 # How it compares with llama.cpp on this machine, and the seed's "Performance
 # Highlights" measured here, come from two commands (their output is in the
 # README):
