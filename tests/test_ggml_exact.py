@@ -182,14 +182,30 @@ def test_rms_norm_ggml_matches_float64():
 
 @pytest.mark.parametrize("mode", ["norm", "neox"])
 def test_rope_ggml_matches_float64(mode):
-    from zigllama_lib.neural_primitives import apply_rope
+    """rope_ggml against RoPE in float64 written here (angle ``p * base^(-2i/n)``, exact cos/sin),
+    to within float32 rounding of ggml's angle cache; bit equality with ggml's own op is
+    tests/test_ggml_ops.py.
 
+    ggml builds angle ``i`` as ``p * ts^i`` by ``i`` float32 multiplications with ``ts =
+    powf(base, -2/n)`` (itself rounded): a relative error up to ``(2i + 1) 2^-24`` (``i`` from
+    ``ts``'s rounding compounded, ``i`` products, one ``float(p)``), i.e. an absolute angle error
+    ``theta_i (2i + 1) 2^-24`` -- up to ~1e-4 rad at p = 4095, far above the ~1e-7 of cos/sin and the
+    rotation's own roundings (``4 * 2^-24`` relative, two products and an FMA). The bound is that,
+    per rotated pair, scaled by the pair's magnitude."""
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((7, 3, 64)).astype(np.float32)
-    pos = np.array([0, 1, 2, 5, 17, 100, 511])
-    ours = rope_ggml(x, pos, 64, 100000.0, mode)
-    ref = apply_rope(x, pos, 64, 100000.0, mode)
-    assert np.abs(ours - ref).max() <= 1e-5
+    n, base = 64, 100000.0
+    x = rng.standard_normal((9, 3, n)).astype(np.float32)
+    pos = np.array([0, 1, 2, 5, 17, 100, 511, 1000, 4095])
+    ours = rope_ggml(x, pos, n, base, mode).astype(np.float64)
+    half = n // 2
+    i = np.arange(half)
+    theta = pos[:, None].astype(np.float64) * base ** (-2.0 * i / n)  # (n_tok, half)
+    a0, a1 = (i, i + half) if mode == "neox" else (2 * i, 2 * i + 1)
+    x0, x1 = x[..., a0].astype(np.float64), x[..., a1].astype(np.float64)  # (n_tok, n_head, half)
+    c, s = np.cos(theta)[:, None], np.sin(theta)[:, None]
+    bound = (theta * (2 * i + 1) * 2.0 ** -24 + 4 * 2.0 ** -24)[:, None] * (np.abs(x0) + np.abs(x1))
+    assert np.all(np.abs(ours[..., a0] - (x0 * c - x1 * s)) <= bound)
+    assert np.all(np.abs(ours[..., a1] - (x0 * s + x1 * c)) <= bound)
     assert np.array_equal(ours[0], x[0])  # position 0 rotates by nothing
 
 

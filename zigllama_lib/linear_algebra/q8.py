@@ -79,7 +79,11 @@ def _q8_scale_and_quants(blocks: np.ndarray, variant: str) -> tuple[np.ndarray, 
             q = roundf(blocks * inv[:, None])
         else:
             inv = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
-            q = np.rint(blocks * inv[:, None])
+            with np.errstate(invalid="ignore", over="ignore"):
+                q = np.rint(blocks * inv[:, None])
+            # amax < 127/FLT_MAX makes inv = inf: _mm256_cvtps_epi32 turns inf / nan into INT_MIN,
+            # which the packs saturate to -128 (and Q8_1's int32 sum wraps: see quantize_q8_1)
+            q = np.where(np.isfinite(q), q, -128.0)
     return d, q.astype(np.int8)
 
 
@@ -99,7 +103,10 @@ def quantize_q8_1(x: np.ndarray, variant: str = "ref") -> np.ndarray:
     _check_variant(variant)
     blocks, shape = _blocks(x, QK8_1, "quantize_q8_1")
     d, q = _q8_scale_and_quants(blocks, variant)
-    s = q.astype(np.int32).sum(axis=1).astype(np.float32) * d  # float32: sum * d
+    qi = q.astype(np.int64)
+    if variant == "x86":  # the AVX2 sum is of the int32 conversions (INT_MIN for -128 from inf), wrapping
+        qi = np.where(q == -128, -(2 ** 31), qi)
+    s = ((qi.sum(axis=1) + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.float32) * d  # float32: sum * d
     out = np.empty((blocks.shape[0], SIZEOF_BLOCK_Q8_1), np.uint8)
     out[:, 0:2] = _f16(d).view(np.uint8).reshape(-1, 2)
     out[:, 2:4] = _f16(s).view(np.uint8).reshape(-1, 2)
@@ -116,7 +123,9 @@ def quantize_q8_K(x: np.ndarray) -> np.ndarray:
     zero = np.abs(vmax) == 0
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = np.where(zero, np.float32(0), np.float32(-127) / vmax).astype(np.float32)
-        q = np.minimum(np.rint(blocks * iscale[:, None]), 127).astype(np.int8)  # nearest_int: ties to even
+        v = blocks * iscale[:, None]
+        # nearest_int: ties to even; of inf / nan (|vmax| < 127/FLT_MAX: iscale = inf) it gives 0 mod 256
+        q = np.where(np.isfinite(v), np.minimum(np.rint(v), 127), 0).astype(np.int8)
         d = np.where(zero, np.float32(0), np.float32(1) / iscale).astype(np.float32)
     q[zero] = 0
     bsums = q.reshape(n, QK_K // 16, 16).astype(np.int16).sum(axis=2, dtype=np.int16)
