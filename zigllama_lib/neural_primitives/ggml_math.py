@@ -1,4 +1,9 @@
-"""Bit-exact mirrors of ggml's x86 AVX2 element-wise maths (llama.cpp's CPU build).
+"""Bit-exact mirrors of ggml's element-wise maths in llama.cpp 0.3.36's x86-64 AVX2 build.
+
+The build mirrored is the pinned one (``inference.llama_cpp_builds.PINNED_NAME``:
+``-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON``, no
+AVX-512), the same machine code on every x86-64 CPU with AVX2; tests/test_ggml_ops.py
+holds each function here equal to ggml's own op through a one-op graph.
 
 Each function reproduces the float32 operations of the named ggml routine, in
 its order and with its fused multiply-adds (:func:`fma_f32`, the hardware FMA, equal
