@@ -1,7 +1,9 @@
 """The K-quant SIMD products (Q4_K, Q6_K x Q8_K in linear_algebra.ggml_simd) against ggml's own
 compiled kernels, called through ctypes with activations quantised by ggml itself:
 
-* Q6_K: ``ggml_vec_dot_q6_K_q8_K`` (what llama.cpp's x86 build runs for Q6_K);
+* Q6_K: ``ggml_vec_dot_q6_K_q8_K`` (what llama.cpp's x86 build runs for Q6_K times 1-7 tokens), and
+  from 8 tokens on ggml-cpu's tiled K-quant matmul (``ggml_compute_forward_mul_mat_tiled``, not an
+  exported kernel: reached through a one-node ggml graph, :func:`ggml_graph_mul_mat`);
 * Q4_K: ``ggml_gemv_q4_K_8x8_q8_K`` / ``ggml_gemm_q4_K_8x8_q8_K`` on rows interleaved eight at a time
   (llama.cpp's CPU_REPACK buffer does this to every Q4_K matrix with a multiple of 8 rows on AVX2;
   :func:`_repack_q4_K_x8` is our own statement of that layout, checked by the products being right).
@@ -65,6 +67,47 @@ def ggml_vec_dot_q6_K(ggml_cpu, w: QMatrix, x: np.ndarray) -> np.ndarray:
             f(w.n_in, s.ctypes.data, 0, raw[r].ctypes.data, 0, xb[t].ctypes.data, 0, 1)
             out[t, r] = s[0]
     return out
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", P), ("no_alloc", ctypes.c_bool)]
+
+
+def ggml_graph_mul_mat(llama_cpp, ggml_cpu, w: QMatrix, x: np.ndarray, n_threads: int = 2) -> np.ndarray:
+    """``ggml_mul_mat(W, x)`` computed by ggml-cpu as a one-node graph (``ggml_graph_compute_with_ctx``):
+    whatever path ``ggml_compute_forward_mul_mat`` picks for the batch -- for Q6_K, ``vec_dot`` below
+    8 tokens and the tiled matmul from 8 on. ``(n_tok, n_out)`` float32."""
+    from oracles import ggml_library
+
+    base = ggml_library(llama_cpp, "libggml-base.so")
+    base.ggml_init.restype, base.ggml_init.argtypes = P, [_InitParams]
+    base.ggml_new_tensor_2d.restype = P
+    base.ggml_new_tensor_2d.argtypes = [P, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    base.ggml_mul_mat.restype, base.ggml_mul_mat.argtypes = P, [P, P, P]
+    base.ggml_new_graph.restype, base.ggml_new_graph.argtypes = P, [P]
+    base.ggml_build_forward_expand.restype, base.ggml_build_forward_expand.argtypes = None, [P, P]
+    base.ggml_get_data.restype, base.ggml_get_data.argtypes = P, [P]
+    base.ggml_free.restype, base.ggml_free.argtypes = None, [P]
+    ggml_cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+    ggml_cpu.ggml_graph_compute_with_ctx.argtypes = [P, P, ctypes.c_int]
+    raw = np.ascontiguousarray(w.raw)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    mem = raw.nbytes + 2 * x.nbytes + 4 * w.n_out * len(x) + (4 + 2 * n_threads) * 2**20
+    ctx = base.ggml_init(_InitParams(mem, None, False))
+    try:
+        a = base.ggml_new_tensor_2d(ctx, int(w.qtype), w.n_in, w.n_out)
+        b = base.ggml_new_tensor_2d(ctx, int(GGMLType.F32), w.n_in, len(x))
+        ctypes.memmove(base.ggml_get_data(a), raw.ctypes.data, raw.nbytes)
+        ctypes.memmove(base.ggml_get_data(b), x.ctypes.data, x.nbytes)
+        y = base.ggml_mul_mat(ctx, a, b)
+        gf = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(gf, y)
+        assert ggml_cpu.ggml_graph_compute_with_ctx(ctx, gf, n_threads) == 0
+        out = np.empty((len(x), w.n_out), np.float32)
+        ctypes.memmove(out.ctypes.data, base.ggml_get_data(y), out.nbytes)
+        return out
+    finally:
+        base.ggml_free(ctx)
 
 
 def _repack_q4_K_x8(w: QMatrix) -> np.ndarray:
@@ -133,6 +176,24 @@ def test_q6_K_is_ggml_vec_dot_bit_for_bit(n_tok, ggml_cpu):
     w = random_kquant(GGMLType.Q6_K, 67, 1024, rng)  # odd row count; 4 super-blocks
     x = _activations(rng, n_tok, w.n_in)
     _same_bits(ggml_simd.matmul_simd(w, x), ggml_vec_dot_q6_K(ggml_cpu, w, x))
+
+
+@pytest.mark.parametrize("n_tok", [1, 7, 8, 9, 16, 21, 40])
+def test_q6_K_is_ggml_mul_mat_bit_for_bit(n_tok, llama_cpp, ggml_cpu):
+    """The whole ``ggml_mul_mat`` as ggml-cpu runs it: from 8 tokens on (``ggml_tiled_min_batch``) Q6_K
+    goes to the tiled matmul, which sums a super-block's integers first and then chains
+    ``acc = fma(d_w * float(isum), d_y, acc)`` -- other last bits than ``vec_dot``'s 8-lane FMAs. The
+    missing piece behind the Gemma 3 prefill divergence (random ids, 8+ tokens); 21 and 40 tokens:
+    a ragged 16-token band, and a batch past the narrow path (more than 16 tokens)."""
+    rng = np.random.default_rng(40 + n_tok)
+    w = random_kquant(GGMLType.Q6_K, 67, 1024, rng)
+    x = _activations(rng, n_tok, w.n_in)
+    ref = ggml_graph_mul_mat(llama_cpp, ggml_cpu, w, x)
+    _same_bits(ggml_simd.matmul_simd(w, x), ref)
+    if n_tok >= ggml_simd.TILED_MIN_TOKENS:  # and the test can tell the two orders apart
+        assert not np.array_equal(ref, ggml_vec_dot_q6_K(ggml_cpu, w, x))
+    else:
+        _same_bits(ref, ggml_vec_dot_q6_K(ggml_cpu, w, x))
 
 
 @pytest.mark.parametrize("n_tok", [1, 3, 6, 8])

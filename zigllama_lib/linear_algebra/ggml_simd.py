@@ -21,7 +21,8 @@ bit for bit (tested). Q8_0 x Q8_0 is the same with ``qx`` loaded as 32 int8
 and ``p16 = pmaddubsw(|qx|, sign(qy, qx))`` (no saturation: |q_y| <= 127);
 Q5_0 x Q8_0 builds its int8 ``qx`` from nibbles and fifth bits, then does the
 same. The K-quants pair with Q8_K activations (super-blocks of 256): Q6_K as
-ggml's ``ggml_vec_dot_q6_K_q8_K``, Q4_K as the repacked kernels llama.cpp's
+ggml's ``ggml_vec_dot_q6_K_q8_K`` for 1-7 tokens and, from 8 tokens on, as ggml-cpu's tiled
+K-quant matmul (one FMA chain over super-blocks, :func:`kind_for`), Q4_K as the repacked kernels llama.cpp's
 AVX2 build actually runs for it (``ggml_gemv/gemm_q4_K_8x8_q8_K``, see
 :func:`_emit_q4_K`) -- computed here on the file's own row layout. One
 intrinsic, :func:`dot_row`, does all five weight types, for one token (decode)
@@ -59,6 +60,9 @@ SUPPORTED = (GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_K, GGMLTyp
 KIND_Q8_0, KIND_Q4_1, KIND_Q5_0, KIND_Q4_K, KIND_Q6_K = 0, 1, 2, 3, 4
 KIND = {GGMLType.Q8_0: KIND_Q8_0, GGMLType.Q4_1: KIND_Q4_1, GGMLType.Q5_0: KIND_Q5_0,
         GGMLType.Q4_K: KIND_Q4_K, GGMLType.Q6_K: KIND_Q6_K}
+# Q6_K in a batch of >= TILED_MIN_TOKENS tokens: ggml-cpu's tiled K-quant matmul, another float order
+KIND_Q6_K_TILED = 5
+TILED_MIN_TOKENS = 8  # ggml_tiled_min_batch: the tiled path from 8 rows of src1 (tokens) on
 _FEATURES = llvm.get_host_cpu_features().flatten().split(",")
 HAS_AVX2 = "+avx2" in _FEATURES
 HAS_F16C = "+f16c" in _FEATURES
@@ -255,7 +259,7 @@ def _sign(builder, qy, qw):
 # -- the dot product ----------------------------------------------------------------------
 TOKENS_PER_PASS = 4  # prefill: tokens that share one unpacking of a weight block
 BLOCK_BYTES = {KIND_Q4_1: SIZEOF_BLOCK_Q4_1, KIND_Q8_0: SIZEOF_BLOCK_Q8_0, KIND_Q5_0: SIZEOF_BLOCK_Q5_0,
-               KIND_Q4_K: SIZEOF_BLOCK_Q4_K, KIND_Q6_K: SIZEOF_BLOCK_Q6_K}
+               KIND_Q4_K: SIZEOF_BLOCK_Q4_K, KIND_Q6_K: SIZEOF_BLOCK_Q6_K, KIND_Q6_K_TILED: SIZEOF_BLOCK_Q6_K}
 
 
 class _Operands:
@@ -395,16 +399,25 @@ def _emit_q4_K(builder, n_t: int, args, nb):
         op.store(builder.fsub(builder.load(accs[t]), builder.load(accms[t])))
 
 
-def _emit_q6_K(builder, n_t: int, args, nb):
+def _emit_q6_K(builder, n_t: int, args, nb, tiled: bool = False):
     """Q6_K x Q8_K: ggml's AVX2 ``ggml_vec_dot_q6_K_q8_K``. Per 32 weights (chunk ``k`` of half ``j``)
     the unsigned 6-bit ``q = ql | qh << 4`` times ``y`` (``pmaddubsw``), times the two 16-weight scales
     (``pmaddwd``), into 8 int32 lanes; the offset ``-32`` enters once per super-block through the
     bsums: lane ``l`` loses ``32 (sc_2l bsum_2l + sc_2l+1 bsum_2l+1)``. Then
-    ``acc = fma(d_y * d_w, float(lanes), acc)``; the result ``hsum8(acc)``."""
+    ``acc = fma(d_y * d_w, float(lanes), acc)``; the result ``hsum8(acc)``.
+
+    ``tiled``: the same exact integers, but summed over the whole super-block first, then one scalar
+    chain ``acc = fma(d_w * float(isum), d_y, acc)`` -- ggml-cpu's tiled K-quant matmul
+    (``tiled_run_microtile_avx2<16, false, 32, 1, true>``: ``res = d0 * cvt(s1)``, ``buf = fma(res, d1, buf)``
+    per 256-weight slab), which llama.cpp runs for Q6_K weights once a batch has 8 tokens or more."""
     tok = [_Operands(builder, args, t) for t in range(n_t)]
     const = lambda v: ir.Constant(I64, v)  # noqa: E731
     v8f = _vec(F32, 8)
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(n_t)]
+    if tiled:
+        fma1 = _function(builder, "llvm.fma.f32", F32, [F32] * 3)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(n_t)]
+    else:
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(n_t)]
     m4, m3 = _splat(I8, 32, 15), _splat(I8, 32, 3)
     shift = lambda v, n: builder.lshr(v, _splat(I8, 32, n))  # noqa: E731
     high = lambda h, n: builder.shl(builder.and_(shift(h, n) if n else h, m3), _splat(I8, 32, 4))  # noqa: E731
@@ -430,9 +443,13 @@ def _emit_q6_K(builder, n_t: int, args, nb):
             bsums = _load(builder, _vec(I16, 16), op.xs, builder.mul(b, const(32)), 2)
             lanes = builder.sub(lanes, builder.shl(_maddwd(builder, bsums, sc), _splat(I32, 8, 5)))  # the -32 offset
             d_y = _load(builder, F32, op.xd, builder.mul(b, const(4)), 4)
-            builder.store(_fma_block(builder, builder.fmul(d_y, d_w), lanes, builder.load(accs[t])), accs[t])
+            if tiled:
+                res = builder.fmul(d_w, builder.sitofp(_hsum_i32(builder, lanes), F32))
+                builder.store(builder.call(fma1, [res, d_y, builder.load(accs[t])]), accs[t])
+            else:
+                builder.store(_fma_block(builder, builder.fmul(d_y, d_w), lanes, builder.load(accs[t])), accs[t])
     for t, op in enumerate(tok):
-        op.store(_hsum8(builder, builder.load(accs[t])))
+        op.store(builder.load(accs[t]) if tiled else _hsum8(builder, builder.load(accs[t])))
 
 
 @intrinsic
@@ -462,8 +479,8 @@ def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xd_stride
         nb = args[9]
         if w_kind == KIND_Q4_K:
             _emit_q4_K(builder, n_t, args, nb)
-        elif w_kind == KIND_Q6_K:
-            _emit_q6_K(builder, n_t, args, nb)
+        elif w_kind in (KIND_Q6_K, KIND_Q6_K_TILED):
+            _emit_q6_K(builder, n_t, args, nb, tiled=w_kind == KIND_Q6_K_TILED)
         else:
             _emit_q32(builder, w_kind, n_t, args, nb)
         return context.get_dummy_value()
@@ -517,11 +534,16 @@ def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa
             dot_row(3, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
         else:
             dot_row(3, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
-    else:
+    elif kind == KIND_Q6_K:
         if n_tok == 1:
             dot_row(4, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
         else:
             dot_row(4, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+    else:  # KIND_Q6_K_TILED
+        if n_tok == 1:
+            dot_row(5, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        else:
+            dot_row(5, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
 
 
 # -- matrix products --------------------------------------------------------------------
@@ -576,8 +598,18 @@ def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray)
     """``y (n_tok, n_out)`` for activations already quantised by :func:`quantize_activations`."""
     out = np.empty((xq.shape[0], w.n_out), np.float32)
     kernel = _mm_parallel if w.n_out * xq.shape[0] >= 64 else _mm_serial
-    kernel(w.raw, KIND[w.qtype], xq, xd, xs, out)
+    kernel(w.raw, kind_for(w.qtype, xq.shape[0]), xq, xd, xs, out)
     return out
+
+
+def kind_for(qtype: GGMLType, n_tok: int) -> int:
+    """The :func:`dot_row` kind llama.cpp's AVX2 CPU backend uses for ``qtype`` weights times a batch
+    of ``n_tok`` tokens: :data:`KIND` [qtype], except Q6_K in a batch of :data:`TILED_MIN_TOKENS` or
+    more, which ggml-cpu hands to its tiled K-quant matmul (``ggml_compute_forward_mul_mat_tiled``:
+    Q6_K is not repacked on AVX2, so its ``mul_mat`` takes that path before ``vec_dot``)."""
+    if qtype == GGMLType.Q6_K and n_tok >= TILED_MIN_TOKENS:
+        return KIND_Q6_K_TILED
+    return KIND[qtype]
 
 
 def matmul_simd(w: QMatrix, x: np.ndarray) -> np.ndarray:

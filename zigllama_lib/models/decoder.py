@@ -306,6 +306,11 @@ class Decoder:
                 attention_sink.append(w)
             else:
                 a = self.attention_block(i, x, cache, numerics)
+            if i == s.n_layer - 1 and not all_logits:
+                # llama.cpp's graph keeps only the output rows (``inp_out_ids``) from here on: the
+                # last FFN runs on one token, so its kernels are the one-token ones (e.g. Q6_K's
+                # vec_dot, not the tiled matmul it runs for 8+ tokens) -- the same bits as its decode
+                a, h = a[-1:], h[-1:]
             if lw.post_attn_norm is not None:
                 a = numerics.rms_norm(a, lw.post_attn_norm, s.norm_eps)
             h = h + a
