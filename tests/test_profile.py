@@ -75,6 +75,10 @@ def test_prefill_products_see_every_token_but_the_head_only_the_last(smollm, pro
     table = prof.matmul_table(smollm.decoder, step)
     q = next(r for r in table if r["kind"] == "attn_q")
     assert q["flops"] == N_LAYER * 2 * len(prompt) * 576 * 576
+    # the last layer after attention runs on the last row only (llama.cpp's graph does the same)
+    down = next(r for r in table if r["kind"] == "ffn_down")
+    assert step.matmul_rows["ffn_down"] == (N_LAYER - 1) * len(prompt) + 1
+    assert down["flops"] == ((N_LAYER - 1) * len(prompt) + 1) * 2 * 1536 * 576
     assert math.isclose(sum(r[2] for r in step.rows()), step.total, rel_tol=1e-12, abs_tol=1e-12)
 
 

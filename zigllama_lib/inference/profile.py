@@ -142,7 +142,9 @@ class OpClock:
     def __init__(self):
         self.seconds = dict.fromkeys(OPS, 0.0)
         self.calls = dict.fromkeys(OPS, 0)
-        self.tokens = dict.fromkeys(MATMUL_KINDS, 0)  # rows of x in the last product of each kind
+        self.tokens = dict.fromkeys(MATMUL_KINDS, 0)  # rows of x in the largest product of each kind
+        # rows of x over all products of each kind: a last-token-only pass runs its last layer on one row
+        self.rows = dict.fromkeys(MATMUL_KINDS, 0)
 
     def add(self, op: str, seconds: float) -> None:
         self.seconds[op] += seconds
@@ -226,7 +228,8 @@ def profiling(decoder: Decoder, numerics: Numerics, cache: KVCache, clock: OpClo
         y = numerics.matmul(w, x)
         kind = kinds[id(w)]
         clock.add(kind, time.perf_counter() - t0)
-        clock.tokens[kind] = len(x)  # x: (n_tok, n_in); the output head sees only the last token
+        clock.tokens[kind] = max(clock.tokens[kind], len(x))  # x: (n_tok, n_in); the head sees only the last token
+        clock.rows[kind] += len(x)
         return y
 
     timed = dataclasses.replace(
@@ -369,6 +372,7 @@ class StepProfile:
     totals: list[float]  # profiled pass, per rep
     unprofiled: list[float]  # the same pass without any wrapper, per rep
     kernels: dict[str, KernelStats]  # jitted functions called in the pass (median seconds over the reps)
+    matmul_rows: dict[str, int] = dataclasses.field(default_factory=dict)  # kind -> rows of x over the pass
 
     def median(self, op: str) -> float:
         return statistics.median(self.seconds[op])
@@ -441,7 +445,7 @@ def profile_step(decoder: Decoder, numerics: str, ids, cache: KVCache, reps: int
                                                                       if name in r))
                for name, k in kernel_reps[-1].items()}
     return StepProfile(phase, nm.name, get_threads(), len(ids), start, seconds, dict(clock.calls),
-                       dict(clock.tokens), totals, unprofiled, kernels)
+                       dict(clock.tokens), totals, unprofiled, kernels, matmul_rows=dict(clock.rows))
 
 
 def profile_decode(decoder: Decoder, numerics: str, prompt, reps: int = 5) -> StepProfile:
@@ -495,7 +499,9 @@ def matmul_table(decoder: Decoder, step: StepProfile) -> list[dict]:
         w, n_tok = mats[0], step.matmul_tokens[kind]
         gguf = sum(weight_bytes(m) for m in mats)
         streamed = sum(kernel_weight_bytes(m, step.numerics, n_tok) for m in mats)
-        flops = sum(matmul_flops(m, n_tok) for m in mats)
+        rows_total = step.matmul_rows.get(kind)
+        flops = (2 * rows_total * w.n_in * w.n_out if rows_total is not None  # the rows each product really had
+                 else sum(matmul_flops(m, n_tok) for m in mats))
         t = step.median(kind)
         rows.append({"kind": kind, "type": w.qtype.name, "n_out": w.n_out, "n_in": w.n_in, "count": len(mats),
                      "n_tok": n_tok,
