@@ -196,7 +196,7 @@ def test_q8_quantisers_are_ggml_cpu_bytes(case):
         assert np.array_equal(quantize_q8_K(x), G.quantize_row("q8_K", x)), case
 
 
-INF_SCALE = pytest.mark.xfail(strict=True, reason=(
+INF_SCALE = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "127/amax = inf (amax < 127/FLT_MAX): _mm256_cvtps_epi32 turns inf/nan into INT_MIN, packed to -128, "
     "and Q8_1's int32 sum wraps to 0; our Numba kernel / the row quantiser's values give 0 (and s = -0). "
     "f16(d) = 0 makes every product 0 either way"))
@@ -248,7 +248,7 @@ def _q8_Kx4_from_rows(q8k: np.ndarray) -> np.ndarray:
     return out.reshape(-1)
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "iscale = inf: the AVX2 4x8 code's cvtps_epi32 gives INT_MIN -> -128 (bsums -2048), the row "
     "quantiser's nearest_int gives 0; d = +-0 makes the gemm's products 0 either way")))
     if c == "subnormal" else c for c in QUANT_CASES])
