@@ -44,17 +44,21 @@ def llama_cpp():
     return require_module("llama_cpp")
 
 
-@pytest.fixture(scope="session")
-def smollm_f32_path(llama_cpp, smollm_path, tmp_path_factory) -> Path:
-    """An F32 copy of SmolLM2's weights, made with llama.cpp's own quantize API."""
-    out = tmp_path_factory.mktemp("f32") / "smollm2-135m-f32.gguf"
+def f32_copy(llama_cpp, src: Path, out: Path) -> Path:
+    """An F32 copy of a GGUF file's weights, made with llama.cpp's own quantize API."""
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
     params.allow_requantize = True
     params.nthread = 2
-    rc = llama_cpp.llama_model_quantize(str(smollm_path).encode(), str(out).encode(), ctypes.byref(params))
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     assert rc == 0, f"llama_model_quantize failed with {rc}"
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm_f32_path(llama_cpp, smollm_path, tmp_path_factory) -> Path:
+    """An F32 copy of SmolLM2's weights."""
+    return f32_copy(llama_cpp, smollm_path, tmp_path_factory.mktemp("f32") / "smollm2-135m-f32.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,12 @@ by ~5e-5 without it. So the comparison is in two parts:
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 
 import numpy as np
 import pytest
 
-from conftest import llama_logits
+from conftest import f32_copy, llama_logits
 
 PROMPTS = {"prompt": "The capital of France is Paris. The capital of Germany is",
            "chat": "<start_of_turn>user\nWrite a haiku about rain.<end_of_turn>\n<start_of_turn>model\n"}
@@ -34,14 +33,7 @@ PROMPTS = {"prompt": "The capital of France is Paris. The capital of Germany is"
 
 @pytest.fixture(scope="module")
 def gemma_f32_path(llama_cpp, gemma_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gemma-f32") / "gemma-3-270m-f32.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
-    params.allow_requantize = True
-    params.nthread = 2
-    rc = llama_cpp.llama_model_quantize(str(gemma_path).encode(), str(out).encode(), ctypes.byref(params))
-    assert rc == 0, f"llama_model_quantize failed with {rc}"
-    return out
+    return f32_copy(llama_cpp, gemma_path, tmp_path_factory.mktemp("gemma-f32") / "gemma-3-270m-f32.gguf")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from zigllama_lib.foundation.errors import ConfigError
 from zigllama_lib.inference import llama_cpp_builds as builds
 
 
@@ -49,3 +50,10 @@ def test_feature_parsing():
     info = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 0 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |"
     assert builds.parse_features(info) == {"SSE3": 1, "AVX": 1, "AVX2": 1, "AVX512": 0, "LLAMAFILE": 1,
                                            "OPENMP": 1, "REPACK": 1}
+
+
+def test_empty_or_too_long_prompt_is_a_clear_error(smollm):
+    with pytest.raises(ConfigError, match="has no tokens"):
+        builds.parity_report(smollm, "installed", prompts=[""], n_greedy=2)
+    with pytest.raises(ConfigError, match="exceeds the context"):
+        builds.parity_report(smollm, "installed", prompts=["word " * 600], n_greedy=2)

@@ -222,9 +222,16 @@ def parity_report(model, build: Build | str = "installed", prompts: list[str] | 
     if n_greedy < 1:
         raise ConfigError(f"n_greedy must be >= 1, got {n_greedy}")
     build = resolve(build) if isinstance(build, str) else build
-    info = describe(build)
     texts = prompts or DEFAULT_PROMPTS
     ids = [model.tokenizer.encode(t, add_special=True) for t in texts]
+    empty = [t for t, i in zip(texts, ids) if not i]
+    if empty:
+        raise ConfigError(f"prompt {empty[0]!r} has no tokens: give a non-empty prompt")
+    too_long = [len(i) for i in ids if len(i) + n_greedy > model.n_ctx]
+    if too_long:
+        raise ConfigError(f"a prompt of {too_long[0]} tokens plus {n_greedy} greedy tokens exceeds the context "
+                          f"of {model.n_ctx} tokens")
+    info = describe(build)
     ref = run_child(build, _PARITY_CHILD, {"path": str(model.path), "prompts": ids, "n_greedy": n_greedy,
                                            "n_threads": n_threads})
     rows = []
