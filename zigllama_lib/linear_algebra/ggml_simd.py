@@ -258,6 +258,7 @@ def _sign(builder, qy, qw):
 
 # -- the dot product ----------------------------------------------------------------------
 TOKENS_PER_PASS = 4  # prefill: tokens that share one unpacking of a weight block
+WIDE_PASS = 8  # tiled Q6_K: tokens per pass (ggml-cpu's tiled kernel also works on 8 columns at once)
 BLOCK_BYTES = {KIND_Q4_1: SIZEOF_BLOCK_Q4_1, KIND_Q8_0: SIZEOF_BLOCK_Q8_0, KIND_Q5_0: SIZEOF_BLOCK_Q5_0,
                KIND_Q4_K: SIZEOF_BLOCK_Q4_K, KIND_Q6_K: SIZEOF_BLOCK_Q6_K, KIND_Q6_K_TILED: SIZEOF_BLOCK_Q6_K}
 
@@ -452,6 +453,62 @@ def _emit_q6_K(builder, n_t: int, args, nb, tiled: bool = False):
         op.store(builder.load(accs[t]) if tiled else _hsum8(builder, builder.load(accs[t])))
 
 
+def _gather4(builder, ops, index):
+    """``<4 x float>``: the float32 at ``op.xd + 4 * index`` of four tokens' operands."""
+    v = ir.Constant(_vec(F32, 4), ir.Undefined)
+    off = builder.mul(index, ir.Constant(I64, 4))
+    for i, op in enumerate(ops):
+        v = builder.insert_element(v, _load(builder, F32, op.xd, off, 4), ir.Constant(I32, i))
+    return v
+
+
+def _emit_q6_K_tiled(builder, n_t: int, args, nb):
+    """:func:`_emit_q6_K` ``tiled`` for ``n_t`` (a multiple of 4) tokens, arranged as ggml-cpu's tiled
+    kernel arranges its work: each 32-weight chunk is unpacked once and fed to every token's int32
+    lanes (``n_t`` accumulators in registers), then four tokens at a time one horizontal sum
+    (:func:`_hsum4_i32`) and one 4-lane ``acc = fma(d_w * float(isum), d_y, acc)``. Per token the
+    same integers and the same two float roundings per super-block as the one-token loop."""
+    tok = [_Operands(builder, args, t) for t in range(n_t)]
+    const = lambda v: ir.Constant(I64, v)  # noqa: E731
+    v4f = _vec(F32, 4)
+    fma4 = _function(builder, "llvm.fma.v4f32", v4f, [v4f] * 3)
+    groups = [tok[g:g + 4] for g in range(0, n_t, 4)]
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(v4f, [ir.Constant(F32, 0.0)] * 4)) for _ in groups]
+    m4, m3 = _splat(I8, 32, 15), _splat(I8, 32, 3)
+    shift = lambda v, n: builder.lshr(v, _splat(I8, 32, n))  # noqa: E731
+    high = lambda h, n: builder.shl(builder.and_(shift(h, n) if n else h, m3), _splat(I8, 32, 4))  # noqa: E731
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        blk = builder.add(tok[0].w, builder.mul(b, const(SIZEOF_BLOCK_Q6_K)))
+        sc = builder.sext(_load(builder, _vec(I8, 16), blk, 192), _vec(I16, 16))
+        ys = [builder.add(op.x, builder.mul(b, const(256))) for op in tok]
+        lanes = [ir.Constant(_vec(I32, 8), [ir.Constant(I32, 0)] * 8)] * n_t
+        for j in range(2):
+            ql1, ql2 = _load(builder, _vec(I8, 32), blk, 64 * j), _load(builder, _vec(I8, 32), blk, 64 * j + 32)
+            qh = _load(builder, _vec(I8, 32), blk, 128 + 32 * j)
+            q = (builder.or_(builder.and_(ql1, m4), high(qh, 0)), builder.or_(builder.and_(ql2, m4), high(qh, 2)),
+                 builder.or_(shift(ql1, 4), high(qh, 4)), builder.or_(shift(ql2, 4), high(qh, 6)))
+            for k in range(4):
+                s, c = 8 * j + 2 * k, 4 * j + k
+                scale = builder.shuffle_vector(sc, sc, _indices([s] * 8 + [s + 1] * 8))
+                for t in range(n_t):
+                    y = _load(builder, _vec(I8, 32), ys[t], 32 * c)
+                    lanes[t] = builder.add(lanes[t], _maddwd(builder, scale, _maddubs(builder, q[k], y)))
+        for t, op in enumerate(tok):  # the -32 offset
+            bsums = _load(builder, _vec(I16, 16), op.xs, builder.mul(b, const(32)), 2)
+            lanes[t] = builder.sub(lanes[t], builder.shl(_maddwd(builder, bsums, sc), _splat(I32, 8, 5)))
+        d_w = _load_f16(builder, blk, 208)
+        d_w4 = _splat_lane(builder, builder.insert_element(ir.Constant(v4f, ir.Undefined), d_w, ir.Constant(I32, 0)), 0, 4)
+        for g, ops in enumerate(groups):
+            isum = builder.sitofp(_hsum4_i32(builder, lanes[4 * g:4 * g + 4]), v4f)
+            res = builder.fmul(d_w4, isum)
+            builder.store(builder.call(fma4, [res, _gather4(builder, ops, b), builder.load(accs[g])]), accs[g])
+    for g, ops in enumerate(groups):
+        acc = builder.load(accs[g])
+        for i, op in enumerate(ops):
+            op.store(builder.extract_element(acc, ir.Constant(I32, i)))
+
+
 @intrinsic
 def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xd_stride, xs_addr, xs_stride, nb,
             out_addr, out_stride):
@@ -479,6 +536,8 @@ def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xd_stride
         nb = args[9]
         if w_kind == KIND_Q4_K:
             _emit_q4_K(builder, n_t, args, nb)
+        elif w_kind == KIND_Q6_K_TILED and n_t % 4 == 0:
+            _emit_q6_K_tiled(builder, n_t, args, nb)
         elif w_kind in (KIND_Q6_K, KIND_Q6_K_TILED):
             _emit_q6_K(builder, n_t, args, nb, tiled=w_kind == KIND_Q6_K_TILED)
         else:
@@ -542,8 +601,10 @@ def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa
     else:  # KIND_Q6_K_TILED
         if n_tok == 1:
             dot_row(5, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
-        else:
+        elif n_tok == 4:
             dot_row(5, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        else:
+            dot_row(5, 8, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
 
 
 # -- matrix products --------------------------------------------------------------------
@@ -552,9 +613,15 @@ def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
     """Row ``r`` times every token: four at a time, the rest one by one (``out`` C-contiguous)."""
     nb = xd.shape[1]
     n_tok = xq.shape[0]
+    wide = WIDE_PASS if kind == KIND_Q6_K_TILED else TOKENS_PER_PASS
     t = 0
     while t < n_tok:
-        step = TOKENS_PER_PASS if t + TOKENS_PER_PASS <= n_tok else 1
+        if t + wide <= n_tok:
+            step = wide
+        elif t + TOKENS_PER_PASS <= n_tok:
+            step = TOKENS_PER_PASS
+        else:
+            step = 1
         dot_any(kind, step, w0 + r * row_stride, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xd.strides[0],
                 xs[t].ctypes.data, xs.strides[0], nb, out[t, r:].ctypes.data, out.strides[0])
         t += step
