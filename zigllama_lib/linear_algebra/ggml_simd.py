@@ -400,6 +400,70 @@ def _emit_q4_K(builder, n_t: int, args, nb):
         op.store(builder.fsub(builder.load(accs[t]), builder.load(accms[t])))
 
 
+def _transpose4_i32(builder, rows):
+    """The 4x4 transpose of four ``<4 x i32>``: element ``i`` of result ``j`` is element ``j`` of row ``i``."""
+    lo = [builder.shuffle_vector(rows[a], rows[b], _indices([0, 4, 1, 5])) for a, b in ((0, 1), (2, 3))]
+    hi = [builder.shuffle_vector(rows[a], rows[b], _indices([2, 6, 3, 7])) for a, b in ((0, 1), (2, 3))]
+    return [builder.shuffle_vector(lo[0], lo[1], _indices([0, 1, 4, 5])), builder.shuffle_vector(lo[0], lo[1], _indices([2, 3, 6, 7])),
+            builder.shuffle_vector(hi[0], hi[1], _indices([0, 1, 4, 5])), builder.shuffle_vector(hi[0], hi[1], _indices([2, 3, 6, 7]))]
+
+
+def _emit_q4_K_gemm(builder, n_t: int, args, nb):
+    """:func:`_emit_q4_K`'s gemm order for ``n_t`` (a multiple of 4) tokens, four tokens per vector:
+    per pair of sub-blocks the 64 weights are unpacked once and fed to every token, one horizontal
+    sum gives four tokens' ``isum`` (:func:`_hsum4_i32`), and the two FMA chains run 4 lanes wide
+    (``acc = fma(float(isum), d_w * d_y, acc)``, ``accm = fma(float(imin), dmin_w * d_y, accm)``, pairs
+    in order): per token exactly the operations of the four-token loop."""
+    tok = [_Operands(builder, args, t) for t in range(n_t)]
+    const = lambda v: ir.Constant(I64, v)  # noqa: E731
+    v4f = _vec(F32, 4)
+    fma4 = _function(builder, "llvm.fma.v4f32", v4f, [v4f] * 3)
+    groups = [tok[g:g + 4] for g in range(0, n_t, 4)]
+    zero4 = ir.Constant(v4f, [ir.Constant(F32, 0.0)] * 4)
+    accs = [cgutils.alloca_once_value(builder, zero4) for _ in groups]
+    accms = [cgutils.alloca_once_value(builder, zero4) for _ in groups]
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        blk = builder.add(tok[0].w, builder.mul(b, const(SIZEOF_BLOCK_Q4_K)))
+        d_w, dmin_w = _load_f16_pair(builder, blk)
+        sm = _q4_K_scales_mins(builder, blk)
+        ys = [builder.add(op.x, builder.mul(b, const(256))) for op in tok]
+        isums = []  # per pair p: per group, <4 x float> of the four tokens' isum
+        for p in range(4):
+            qs = _load(builder, _vec(I8, 32), blk, 16 + 32 * p)
+            lo, hi = builder.and_(qs, _splat(I8, 32, 15)), builder.lshr(qs, _splat(I8, 32, 4))
+            s_lo, s_hi = _splat_lane(builder, sm, 2 * p, 16), _splat_lane(builder, sm, 2 * p + 1, 16)
+            lanes = []
+            for t in range(n_t):
+                y_lo, y_hi = _load(builder, _vec(I8, 32), ys[t], 64 * p), _load(builder, _vec(I8, 32), ys[t], 64 * p + 32)
+                lanes.append(builder.add(_maddwd(builder, _maddubs(builder, lo, y_lo), s_lo),
+                                         _maddwd(builder, _maddubs(builder, hi, y_hi), s_hi)))
+            isums.append([builder.sitofp(_hsum4_i32(builder, lanes[4 * g:4 * g + 4]), v4f) for g in range(len(groups))])
+        mins = builder.zext(builder.shuffle_vector(sm, sm, _indices(range(8, 16))), _vec(I32, 8))
+        imins = []  # per group: per pair p, <4 x float> of the four tokens' imin
+        for ops in groups:
+            per_token = []  # <4 x i32>: m_2p S_2p + m_2p+1 S_2p+1 for p = 0..3
+            for op in ops:
+                bsums = builder.sext(_load(builder, _vec(I16, 16), op.xs, builder.mul(b, const(32)), 2), _vec(I32, 16))
+                per_token.append(_pairs(builder, builder.mul(_pairs(builder, bsums, 16), mins), 8))
+            imins.append([builder.sitofp(v, v4f) for v in _transpose4_i32(builder, per_token)])
+        d_w4 = _splat_lane(builder, builder.insert_element(ir.Constant(v4f, ir.Undefined), d_w, ir.Constant(I32, 0)), 0, 4)
+        dmin4 = _splat_lane(builder, builder.insert_element(ir.Constant(v4f, ir.Undefined), dmin_w, ir.Constant(I32, 0)), 0, 4)
+        for g, ops in enumerate(groups):
+            d_y = _gather4(builder, ops, b)
+            dd, ddm = builder.fmul(d_w4, d_y), builder.fmul(dmin4, d_y)
+            acc, accm = builder.load(accs[g]), builder.load(accms[g])
+            for p in range(4):
+                acc = builder.call(fma4, [isums[p][g], dd, acc])
+                accm = builder.call(fma4, [imins[g][p], ddm, accm])
+            builder.store(acc, accs[g])
+            builder.store(accm, accms[g])
+    for g, ops in enumerate(groups):
+        res = builder.fsub(builder.load(accs[g]), builder.load(accms[g]))
+        for i, op in enumerate(ops):
+            op.store(builder.extract_element(res, ir.Constant(I32, i)))
+
+
 def _emit_q6_K(builder, n_t: int, args, nb, tiled: bool = False):
     """Q6_K x Q8_K: ggml's AVX2 ``ggml_vec_dot_q6_K_q8_K``. Per 32 weights (chunk ``k`` of half ``j``)
     the unsigned 6-bit ``q = ql | qh << 4`` times ``y`` (``pmaddubsw``), times the two 16-weight scales
@@ -534,7 +598,9 @@ def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xd_stride
 
     def codegen(context, builder, signature, args):
         nb = args[9]
-        if w_kind == KIND_Q4_K:
+        if w_kind == KIND_Q4_K and n_t % 4 == 0:
+            _emit_q4_K_gemm(builder, n_t, args, nb)
+        elif w_kind == KIND_Q4_K:
             _emit_q4_K(builder, n_t, args, nb)
         elif w_kind == KIND_Q6_K_TILED and n_t % 4 == 0:
             _emit_q6_K_tiled(builder, n_t, args, nb)
@@ -591,8 +657,10 @@ def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa
     elif kind == KIND_Q4_K:
         if n_tok == 1:
             dot_row(3, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
-        else:
+        elif n_tok == 4:
             dot_row(3, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        else:
+            dot_row(3, 8, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
     elif kind == KIND_Q6_K:
         if n_tok == 1:
             dot_row(4, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
@@ -613,7 +681,7 @@ def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
     """Row ``r`` times every token: four at a time, the rest one by one (``out`` C-contiguous)."""
     nb = xd.shape[1]
     n_tok = xq.shape[0]
-    wide = WIDE_PASS if kind == KIND_Q6_K_TILED else TOKENS_PER_PASS
+    wide = WIDE_PASS if kind == KIND_Q6_K_TILED or kind == KIND_Q4_K else TOKENS_PER_PASS
     t = 0
     while t < n_tok:
         if t + wide <= n_tok:
