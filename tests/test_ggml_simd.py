@@ -25,7 +25,7 @@ def _random_q5_0(n_out: int, n_in: int, rng) -> QMatrix:
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0])
-@pytest.mark.parametrize("n_tok", [1, 3, 6])
+@pytest.mark.parametrize("n_tok", [1, 3, 6, 13])  # 13: a pass of eight tokens, one of four, one single
 def test_matmul_simd_is_ggml_bit_for_bit(qtype, n_tok, ggml_cpu):
     rng = np.random.default_rng(10 + n_tok)
     if qtype == GGMLType.Q5_0:

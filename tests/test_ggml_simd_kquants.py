@@ -196,7 +196,7 @@ def test_q6_K_is_ggml_mul_mat_bit_for_bit(n_tok, llama_cpp, ggml_cpu):
         _same_bits(ref, ggml_vec_dot_q6_K(ggml_cpu, w, x))
 
 
-@pytest.mark.parametrize("n_tok", [1, 3, 6, 8])
+@pytest.mark.parametrize("n_tok", [1, 3, 6, 8, 13])  # passes of 8, 4 and 1 tokens
 def test_q4_K_is_ggml_repacked_gemv_and_gemm_bit_for_bit(n_tok, ggml_cpu):
     """One token: the gemv's order; groups of four (prefill): the gemm's, which folds the integers
     into the FMA chain per pair of sub-blocks instead of per super-block (different last bits)."""

@@ -647,13 +647,17 @@ def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa
     elif kind == KIND_Q8_0:
         if n_tok == 1:
             dot_row(0, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
-        else:
+        elif n_tok == 4:
             dot_row(0, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        else:
+            dot_row(0, 8, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
     elif kind == KIND_Q5_0:
         if n_tok == 1:
             dot_row(2, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
-        else:
+        elif n_tok == 4:
             dot_row(2, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        else:
+            dot_row(2, 8, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
     elif kind == KIND_Q4_K:
         if n_tok == 1:
             dot_row(3, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
@@ -681,7 +685,7 @@ def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
     """Row ``r`` times every token: four at a time, the rest one by one (``out`` C-contiguous)."""
     nb = xd.shape[1]
     n_tok = xq.shape[0]
-    wide = WIDE_PASS if kind == KIND_Q6_K_TILED or kind == KIND_Q4_K else TOKENS_PER_PASS
+    wide = WIDE_PASS if kind == KIND_Q8_0 or kind == KIND_Q5_0 or kind == KIND_Q4_K or kind == KIND_Q6_K_TILED else TOKENS_PER_PASS
     t = 0
     while t < n_tok:
         if t + wide <= n_tok:
