@@ -137,6 +137,29 @@ def test_attention_dots_in_simd_are_the_scalar_references(n):
         assert out[2].view(np.int32) == out[3].view(np.int32)
 
 
+@pytest.mark.parametrize("n_rows", [1, 7, 8, 17])
+def test_side_by_side_dots_are_one_row_dots(n_rows):
+    """attention_ggml's prefill runs eight tinyBLAS dots at once (``dot_f32_lanes8_rows``); each must
+    be the one-row dot's bits, rows strided as the KV cache's heads are."""
+    from numba import njit
+
+    from zigllama_lib.transformer.attention_ggml import _dot_tinyblas, _dots_tinyblas
+
+    @njit
+    def both(a, b, n, out):
+        for r in range(a.shape[0]):
+            out[0, r] = _dot_tinyblas(a[r], b, n)
+        _dots_tinyblas(a, 0, a.shape[0], b, n, out[1])
+
+    rng = np.random.default_rng(n_rows)
+    for n in (8, 256, 264):
+        cache = (rng.standard_normal((n_rows, 3, n)) * 10.0).astype(np.float16).astype(np.float32)
+        b = rng.uniform(0, 1, n).astype(np.float16).astype(np.float32)
+        out = np.empty((2, n_rows), np.float32)
+        both(cache[:, 1], b, n, out)  # head 1 of 3: a row stride of three rows
+        assert np.array_equal(out[0].view(np.int32), out[1].view(np.int32))
+
+
 def test_hardware_f16_rounding_is_numpy_and_round_f16():
     from zigllama_lib.linear_algebra.half import to_f16_array
     from zigllama_lib.linear_algebra.q8 import round_f16

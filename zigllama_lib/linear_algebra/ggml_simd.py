@@ -799,6 +799,38 @@ def dot_f32_lanes8(typingctx, a_addr, b_addr, n):
 
 
 @intrinsic
+def dot_f32_lanes8_rows(typingctx, n_rows, a_addr, a_stride, b_addr, n, out_addr):
+    """:func:`dot_f32_lanes8` of ``n_rows`` (an integer literal) rows ``a_addr + r * a_stride`` with one
+    ``b``, into the float32 ``out_addr[r]``: each row its own accumulator, in the same order as the
+    one-row loop (the same bits), but the ``n_rows`` FMA chains run side by side (one dot alone
+    waits on its FMA's latency every step) and each ``b`` vector is loaded once for all rows."""
+    from numba.core.errors import TypingError
+
+    if not isinstance(n_rows, types.IntegerLiteral):
+        raise TypingError("dot_f32_lanes8_rows: n_rows must be an integer literal")
+    rows = n_rows.literal_value
+    sig = types.none(n_rows, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        _, a_addr, a_stride, b_addr, n, out_addr = args
+        v8f = _vec(F32, 8)
+        fma = _function(builder, "llvm.fma.v8f32", v8f, [v8f] * 3)
+        a_rows = [builder.add(a_addr, builder.mul(ir.Constant(I64, r), a_stride)) for r in range(rows)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [ir.Constant(F32, 0.0)] * 8)) for _ in range(rows)]
+        with cgutils.for_range(builder, builder.udiv(n, ir.Constant(I64, 8))) as loop:
+            i = loop.index
+            b = _f32x8(builder, b_addr, i)
+            for a, acc in zip(a_rows, accs):
+                builder.store(builder.call(fma, [_f32x8(builder, a, i), b, builder.load(acc)]), acc)
+        for r, acc in enumerate(accs):
+            ptr = builder.inttoptr(builder.add(out_addr, ir.Constant(I64, 4 * r)), F32.as_pointer())
+            builder.store(_hsum8(builder, builder.load(acc)), ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def dot_f32_ggml_f16(typingctx, a_addr, b_addr, n32):
     """``ggml_vec_dot_f16``'s main loop (decode attention) over ``n32`` (a multiple of 32) float32:
     four 8-lane FMA accumulators (element ``i`` in accumulator ``(i % 32) // 8``, lane ``i % 8``),

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
-from ..linear_algebra.ggml_simd import dot_f32_ggml_f16, dot_f32_lanes8
+from ..linear_algebra.ggml_simd import dot_f32_ggml_f16, dot_f32_lanes8, dot_f32_lanes8_rows
 from ..linear_algebra.half import to_f16
 from ..neural_primitives.ggml_math import _v_expf
 
@@ -92,6 +92,29 @@ def _dot_tinyblas_simd(a, b, n):
     return dot_f32_lanes8(a.ctypes.data, b.ctypes.data, n)
 
 
+ROWS_PER_PASS = 8  # prefill: dots computed side by side (dot_f32_lanes8_rows)
+
+
+@njit(cache=True, inline="always")
+def _dots_tinyblas(a, first, last, b, n, out):
+    """``out[r] = _dot_tinyblas(a[r], b, n)`` for rows ``first .. last-1`` of ``a`` (rows contiguous in
+    their last axis), :data:`ROWS_PER_PASS` at a time."""
+    r = first
+    while r + ROWS_PER_PASS <= last:
+        dot_f32_lanes8_rows(8, a[r].ctypes.data, a.strides[0], b.ctypes.data, n, out[r:].ctypes.data)
+        r += ROWS_PER_PASS
+    while r < last:
+        out[r] = dot_f32_lanes8(a[r].ctypes.data, b.ctypes.data, n)
+        r += 1
+
+
+@njit(cache=True, inline="always")
+def _balanced_token(i, n_tok):
+    """The ``i``-th token to process, pairing cheap and costly ones: 0, n-1, 1, n-2, ... (a causal
+    query's work grows with its position, and ``prange`` hands each thread a contiguous range)."""
+    return i // 2 if i % 2 == 0 else n_tok - 1 - i // 2
+
+
 @njit(cache=True, parallel=True)
 def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, window, out):
     """q16 (n_tok, n_head, d) f32 holding f16 values; k (n_cols, n_kv_head, d) f32 (f16 values, zero padded);
@@ -102,7 +125,7 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, window, out):
     d_v = vt.shape[1]
     group = n_head // n_kv_head
     for job in prange(n_tok * n_head):
-        t = job // n_head
+        t = _balanced_token(job // n_head, n_tok)
         h = job % n_head
         kvh = h // group
         n_vis = n_past + t + 1  # causal: cells 0 .. n_past + t
@@ -110,12 +133,10 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, window, out):
         w = np.empty(n_cols, np.float32)
         qrow = q16[t, h]
         mx = np.float32(-np.inf)
+        if not decode:
+            _dots_tinyblas(k[:, kvh], first, n_vis, qrow, d, w)
         for c in range(first, n_vis):
-            krow = k[c, kvh]
-            if decode:
-                s = _dot_vec_f16_simd(krow, qrow, d)
-            else:
-                s = _dot_tinyblas_simd(krow, qrow, d)
+            s = _dot_vec_f16_simd(k[c, kvh], qrow, d) if decode else w[c]
             w[c] = s * scale  # + mask 0 (an FMA with 0 rounds the same)
             if w[c] > mx:
                 mx = w[c]
@@ -138,12 +159,11 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, window, out):
         # cells past the last visible one have p = +0: fma(v, +0, acc) = acc for the accumulators
         # (which start at +0 and so are never -0), so whole 32-cell chunks of them are skipped
         n_dot = min(n_cols, -(-n_vis // 32) * 32)
-        for j in range(d_v):
-            vrow = vt[kvh, j]
-            if decode:
-                out[t, h, j] = _dot_vec_f16_simd(vrow, p, n_dot)
-            else:
-                out[t, h, j] = _dot_tinyblas_simd(vrow, p, n_dot)
+        if decode:
+            for j in range(d_v):
+                out[t, h, j] = _dot_vec_f16_simd(vt[kvh, j], p, n_dot)
+        else:
+            _dots_tinyblas(vt[kvh], 0, d_v, p, n_dot, out[t, h])
 
 
 def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: int, scale: float,
