@@ -135,14 +135,17 @@ def test_soft_max_is_ggml_soft_max_ext(mask_type):
 
 
 # -- the attention glue: attention_ggml vs build_attn_mha's graph ---------------------------------
-@pytest.mark.parametrize("n_past,n_tok", [(0, 1), (0, 5), (7, 1), (3, 5), (250, 9)])
-def test_attention_is_llama_cpp_non_flash_graph(n_past, n_tok):
+@pytest.mark.parametrize("n_past,n_tok,window", [(0, 1, None), (0, 5, None), (7, 1, None), (3, 5, None),
+                                                 (250, 9, None), (0, 40, 13), (20, 30, 8), (250, 9, 100)])
+def test_attention_is_llama_cpp_non_flash_graph(n_past, n_tok, window):
     """llama-cpp-python 0.3.36 runs WITHOUT flash attention: ``Llama(flash_attn=False)`` is the
     default and sets ``LLAMA_FLASH_ATTN_TYPE_DISABLED`` (llama.cpp's own ``AUTO`` default is not
     used). So the graph is build_attn_mha's non-flash branch: ``kq = mul_mat(K, Q)``,
     ``soft_max_ext(kq, mask F32, scale, 0)``, ``kqv = mul_mat(V^T, kq)``, permute, cont -- over
     ``n_kv`` cells padded to 256 (zero K/V, masked), an F16 cache, 2 KV heads, GQA group 3.
-    Decode (n_tok 1) takes ggml_vec_dot_f16, prefill tinyBLAS: both are exercised."""
+    Decode (n_tok 1) takes ggml_vec_dot_f16, prefill tinyBLAS: both are exercised. ``window``:
+    llama.cpp's standard sliding-window mask (query at ``p`` sees keys ``p - window + 1 .. p``) as
+    Gemma 3's local layers use it, windows not a multiple of the softmax's 8-cell chunks included."""
     rng = np.random.default_rng(100 + n_past + n_tok)
     n_kv_head, group, d = 2, 3, 64
     n_head, n_kv = n_kv_head * group, n_past + n_tok
@@ -153,10 +156,13 @@ def test_attention_is_llama_cpp_non_flash_graph(n_past, n_tok):
     k[:n_kv] = rng.standard_normal((n_kv, n_kv_head, d)) * 1.5
     v[:n_kv] = rng.standard_normal((n_kv, n_kv_head, d))
     scale = np.float32(1 / math.sqrt(d))
-    ours = attention_ggml(q, k, v, n_past, scale)  # (n_tok, n_head * d)
+    ours = attention_ggml(q, k, v, n_past, scale, window=window)  # (n_tok, n_head * d)
     vt = np.ascontiguousarray(v.transpose(1, 2, 0))  # (n_kv_head, d, n_cols): llama.cpp's transposed V
-    ref = G.attention_no_flash(q, k, vt, _causal_mask(n_tok, n_cols, n_past, np.float32), float(scale))
-    _same_bits(ours, ref, f"attention n_past={n_past} n_tok={n_tok}")
+    mask = _causal_mask(n_tok, n_cols, n_past, np.float32)
+    if window is not None:
+        mask[np.arange(n_cols)[None, :] <= n_past + np.arange(n_tok)[:, None] - window] = -np.inf
+    ref = G.attention_no_flash(q, k, vt, mask, float(scale))
+    _same_bits(ours, ref, f"attention n_past={n_past} n_tok={n_tok} window={window}")
 
 
 # -- activation quantisers: ours vs ggml-cpu's quantize_row_q8_0 / _q8_1 / _q8_K -------------------

@@ -144,21 +144,21 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, window, out):
         tmp_u = tmp_f.view(np.uint32)
         total = 0.0
         p = np.zeros(n_cols, np.float32)
-        for c0 in range(0, n_cols, 8):
-            e = np.zeros(8, np.float32)
+        e = np.empty(8, np.float32)
+        # chunks of 8 wholly masked (before ``first`` or past the last visible cell) hold e = 0 and
+        # add exactly 0.0 to the double sum: only the chunks that overlap the visible cells run
+        for c0 in range(first - first % 8, n_vis, 8):
             for l in range(8):
                 c = c0 + l
-                if first <= c < n_vis:
-                    e[l] = _v_expf(w[c] - mx, tmp_f, tmp_u)
+                e[l] = _v_expf(w[c] - mx, tmp_f, tmp_u) if first <= c < n_vis else np.float32(0.0)
                 p[c] = e[l]  # masked cells: v_expf(-inf) = 0
             total += np.float64(hsum8(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
         inv = np.float32(1.0 / total)
-        for c in range(n_cols):
-            pc = p[c] * inv
-            p[c] = to_f16(pc)  # KQV's src1 converted to float16 (F16C, nearest even)
         # cells past the last visible one have p = +0: fma(v, +0, acc) = acc for the accumulators
         # (which start at +0 and so are never -0), so whole 32-cell chunks of them are skipped
         n_dot = min(n_cols, -(-n_vis // 32) * 32)
+        for c in range(first, n_vis):
+            p[c] = to_f16(p[c] * inv)  # KQV's src1 converted to float16 (F16C, nearest even); 0 stays 0
         if decode:
             for j in range(d_v):
                 out[t, h, j] = _dot_vec_f16_simd(vt[kvh, j], p, n_dot)
