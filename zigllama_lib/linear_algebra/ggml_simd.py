@@ -733,6 +733,28 @@ def quantize_activations(qtype: GGMLType, x: np.ndarray):
     return xq, xd, np.zeros_like(xd)
 
 
+# the activation type each weight type pairs with: products of one input share its quantisation
+ACTIVATION_TYPE = {GGMLType.Q4_1: "q8_1", GGMLType.Q8_0: "q8_0", GGMLType.Q5_0: "q8_0",
+                   GGMLType.Q4_K: "q8_K", GGMLType.Q6_K: "q8_K"}
+
+
+class SharedInput(np.ndarray):
+    """A read-only view of one product input that remembers its 8-bit quantisations (one per
+    activation type), so the products that read the same ``x`` -- q, k and v; gate and up -- quantise
+    it once, as llama.cpp's graph does (``mul_mat`` converts ``src1`` once per ``vec_dot_type``).
+    Made by :func:`share_input`; :func:`matmul_simd` looks the planes up while the view is read-only."""
+
+    def __array_finalize__(self, obj):
+        self.q8_planes = {}
+
+
+def share_input(x: np.ndarray) -> SharedInput:
+    """``x`` (float32, C-contiguous) as a read-only :class:`SharedInput` view."""
+    view = np.ascontiguousarray(x, dtype=np.float32).view(SharedInput)
+    view.flags.writeable = False
+    return view
+
+
 def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """``y (n_tok, n_out)`` for activations already quantised by :func:`quantize_activations`."""
     out = np.empty((xq.shape[0], w.n_out), np.float32)
@@ -763,11 +785,16 @@ def matmul_simd(w: QMatrix, x: np.ndarray) -> np.ndarray:
         raise ConfigError(f"matmul_simd supports {[t.name for t in SUPPORTED]}, not {w.qtype.name}")
     if w.raw.strides[1] != 1:
         raise ConfigError("matmul_simd needs weight rows stored contiguously (raw.strides[1] == 1)")
-    x = np.asarray(x, dtype=np.float32)
+    if not isinstance(x, SharedInput):
+        x = np.asarray(x, dtype=np.float32)
     vector = x.ndim == 1
     if x.ndim not in (1, 2) or x.shape[-1] != w.n_in:
         raise ConfigError(f"matmul_simd: x has shape {x.shape}, expected (n_tok, {w.n_in})")
-    planes = quantize_activations(w.qtype, np.ascontiguousarray(x.reshape(-1, w.n_in)))
+    memo = x.q8_planes if isinstance(x, SharedInput) and not x.flags.writeable else {}
+    planes = memo.get(ACTIVATION_TYPE[w.qtype])
+    if planes is None:
+        planes = quantize_activations(w.qtype, np.ascontiguousarray(x.reshape(-1, w.n_in)).view(np.ndarray))
+        memo[ACTIVATION_TYPE[w.qtype]] = planes
     out = matmul_q8_planes(w, *planes)
     return out[0] if vector else out
 

@@ -51,7 +51,7 @@ from ..foundation.gguf import GGUFFile
 from ..foundation.threads import blas_single_threaded
 from ..linear_algebra import QMatrix, get_rows, matmul
 from ..linear_algebra.ggml_simd import SUPPORTED as SIMD_TYPES
-from ..linear_algebra.ggml_simd import matmul_simd
+from ..linear_algebra.ggml_simd import matmul_simd, share_input
 from ..neural_primitives import ACTIVATIONS, apply_rope, rms_norm
 from ..neural_primitives.ggml_math import geglu_ggml, rms_norm_ggml, rope_ggml, swiglu_ggml
 from ..transformer.attention import attention
@@ -69,7 +69,7 @@ def _matmul_llama_cpp(w: QMatrix, x: np.ndarray) -> np.ndarray:
     """llama.cpp's AVX2 order where we reproduce it bit for bit, its 8-bit rounding elsewhere."""
     if w.qtype in SIMD_TYPES:
         return matmul_simd(w, x)  # llama.cpp's AVX2 kernels, bit for bit
-    return matmul(w, x, "q8_x86")
+    return matmul(w, np.asarray(x), "q8_x86")
 
 
 def _attention_llama_cpp(q, k, v, n_past, scale, window=None, return_weights=False):
@@ -94,12 +94,13 @@ class Numerics:
     attention: Callable  # (q, k, v, n_past, scale, window, return_weights) -> out
     swiglu: Callable | None  # (gate, up) -> silu(gate) * up, or None for act(gate) * up
     geglu: Callable | None  # (gate, up) -> gelu(gate) * up, or None for act(gate) * up
+    share_input: Callable = lambda x: x  # x -> x whose 8-bit quantisation products may reuse
 
 
 NUMERICS = {
     "float": Numerics("float", np.float32, _matmul_float, rms_norm, apply_rope, _attention_float, None, None),
     "llama.cpp": Numerics("llama.cpp", np.float16, _matmul_llama_cpp, rms_norm_ggml, rope_ggml,
-                          _attention_llama_cpp, swiglu_ggml, geglu_ggml),
+                          _attention_llama_cpp, swiglu_ggml, geglu_ggml, share_input),
 }
 
 
@@ -227,6 +228,7 @@ class Decoder:
         """Self-attention of layer ``i`` on normalised input ``x: (n_tok, d_model)``; stores K, V in ``cache``."""
         s, lw = self.spec, self.layers[i]
         n_tok = len(x)
+        x = nm.share_input(x)  # q, k and v quantise x once (llama.cpp numerics)
         q, k, v = nm.matmul(lw.wq, x), nm.matmul(lw.wk, x), nm.matmul(lw.wv, x)
         if lw.bq is not None:
             q, k, v = q + lw.bq, k + lw.bk, v + lw.bv
@@ -254,6 +256,7 @@ class Decoder:
     def feed_forward(self, i: int, x: np.ndarray, nm: Numerics) -> np.ndarray:
         """Gated FFN of layer ``i``: ``W_down (act(W_gate x) * W_up x)``."""
         lw = self.layers[i]
+        x = nm.share_input(x)  # gate and up quantise x once (llama.cpp numerics)
         gate, up = nm.matmul(lw.w_gate, x), nm.matmul(lw.w_up, x)
         if nm.swiglu is not None and self.spec.traits.activation == "silu":
             hidden = nm.swiglu(gate, up)
