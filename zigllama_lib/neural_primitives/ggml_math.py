@@ -242,15 +242,42 @@ def _rms_norm_kernel_parallel(x, eps, out):
         _rms_norm_row(x, r, eps, out)
 
 
+@njit(cache=True, inline="always")
+def _rms_norm_weighted_row(x, r, eps, weight, out):
+    """:func:`_rms_norm_row` then ``* weight``: ggml's two ops (``rms_norm``, ``mul``), each float32
+    product rounded once, in one pass over the row."""
+    _rms_norm_row(x, r, eps, out)
+    for i in range(x.shape[1]):
+        out[r, i] = out[r, i] * weight[i]
+
+
+@njit(cache=True)
+def _rms_norm_weighted_kernel(x, eps, weight, out):
+    for r in range(x.shape[0]):
+        _rms_norm_weighted_row(x, r, eps, weight, out)
+
+
+@njit(cache=True, parallel=True)
+def _rms_norm_weighted_kernel_parallel(x, eps, weight, out):
+    for r in prange(x.shape[0]):
+        _rms_norm_weighted_row(x, r, eps, weight, out)
+
+
 def rms_norm_ggml(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
     """RMSNorm over the last axis as ggml computes it (then ``* weight``, a separate float multiply)."""
     x = np.asarray(x, dtype=np.float32)
     xr = _rows(x)
     out = np.empty_like(xr)
-    kernel = _rms_norm_kernel_parallel if xr.shape[0] >= 8 else _rms_norm_kernel  # rows are independent
-    kernel(xr, np.float32(eps), out)
-    y = out.reshape(x.shape)
-    return y * np.asarray(weight, dtype=np.float32) if weight is not None else y
+    parallel = xr.shape[0] >= 8  # rows are independent
+    if weight is None:
+        (_rms_norm_kernel_parallel if parallel else _rms_norm_kernel)(xr, np.float32(eps), out)
+    else:
+        weight = np.ascontiguousarray(weight, dtype=np.float32)
+        if weight.shape != (xr.shape[1],):
+            raise ConfigError(f"rms_norm_ggml: weight {weight.shape} does not match rows of {xr.shape[1]}")
+        kernel = _rms_norm_weighted_kernel_parallel if parallel else _rms_norm_weighted_kernel
+        kernel(xr, np.float32(eps), weight, out)
+    return out.reshape(x.shape)
 
 
 @njit(cache=True)
@@ -262,6 +289,13 @@ def _rope_cache(pos, half, theta_scale, freq_scale, cos_out, sin_out):
             cos_out[t, i] = np.float32(math.cos(th))  # cosf
             sin_out[t, i] = np.float32(math.sin(th))  # sinf
             theta = theta * theta_scale
+
+
+@njit(cache=True, parallel=True)
+def _rope_cache_parallel(pos, half, theta_scale, freq_scale, cos_out, sin_out):
+    """:func:`_rope_cache` with the positions shared out among threads (the same bits per row)."""
+    for t in prange(pos.shape[0]):
+        _rope_cache(pos[t:t + 1], half, theta_scale, freq_scale, cos_out[t:t + 1], sin_out[t:t + 1])
 
 
 @njit(cache=True, parallel=True)
@@ -288,6 +322,31 @@ def _rope_kernel(x, cos_c, sin_c, n_rot, neox, out):
                 out[t, h, i] = x[t, h, i]
 
 
+_ROPE_ANGLES_MEMO: dict = {}  # a forward pass rotates Q and K of every layer at the same positions
+
+
+def _rope_angles(pos: np.ndarray, n_rot: int, base: float, freq_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``rope_cache``: (cos, sin) of ``pos * freq_scale * theta_scale^i``, each (n_pos, n_rot/2).
+
+    Memoised for the last few (positions, base, n_rot, freq_scale): the tables are read-only.
+    """
+    key = (pos.tobytes(), int(n_rot), float(base), float(freq_scale))
+    hit = _ROPE_ANGLES_MEMO.get(key)
+    if hit is not None:
+        return hit
+    half = n_rot // 2
+    theta_scale = rope_theta_scale(base, n_rot)  # glibc's powf, as ggml
+    cos_c = np.empty((len(pos), half), np.float32)
+    sin_c = np.empty((len(pos), half), np.float32)
+    fill = _rope_cache_parallel if len(pos) >= 8 else _rope_cache
+    fill(pos, half, theta_scale, np.float32(freq_scale), cos_c, sin_c)
+    cos_c.flags.writeable = sin_c.flags.writeable = False
+    if len(_ROPE_ANGLES_MEMO) >= 8:
+        _ROPE_ANGLES_MEMO.pop(next(iter(_ROPE_ANGLES_MEMO)))
+    _ROPE_ANGLES_MEMO[key] = (cos_c, sin_c)
+    return cos_c, sin_c
+
+
 def rope_ggml(x: np.ndarray, positions: np.ndarray, n_rot: int, base: float,
               mode: str = "norm", freq_scale: float = 1.0) -> np.ndarray:
     """RoPE as ggml's CPU ``rope`` op (no YaRN / freq factors): same arguments as ``apply_rope``."""
@@ -295,11 +354,7 @@ def rope_ggml(x: np.ndarray, positions: np.ndarray, n_rot: int, base: float,
         raise ConfigError(f"unknown RoPE mode {mode!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     pos = np.asarray(positions, dtype=np.int64)
-    half = n_rot // 2
-    theta_scale = rope_theta_scale(base, n_rot)  # glibc's powf, as ggml
-    cos_c = np.empty((len(pos), half), np.float32)
-    sin_c = np.empty((len(pos), half), np.float32)
-    _rope_cache(pos, half, theta_scale, np.float32(freq_scale), cos_c, sin_c)
+    cos_c, sin_c = _rope_angles(pos, n_rot, base, freq_scale)
     out = np.empty_like(x)
     _rope_kernel(x, cos_c, sin_c, n_rot, mode == "neox", out)
     return out

@@ -116,11 +116,11 @@ def _balanced_token(i, n_tok):
 
 
 @njit(cache=True, parallel=True)
-def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, window, out):
-    """q16 (n_tok, n_head, d) f32 holding f16 values; k (n_cols, n_kv_head, d) f32 (f16 values, zero padded);
+def _attention_kernel(q, k, vt, n_past, scale, n_cols, decode, window, out):
+    """q (n_tok, n_head, d) f32, rounded here to f16 as KQ's src1 is; k (n_cols, n_kv_head, d) f32 (f16 values, zero padded);
     vt (n_kv_head, d_v, n_cols) f32; out (n_tok, n_head, d_v). ``window > 0``: cells more than
     ``window - 1`` positions back are masked too."""
-    n_tok, n_head, d = q16.shape
+    n_tok, n_head, d = q.shape
     n_kv_head = k.shape[1]
     d_v = vt.shape[1]
     group = n_head // n_kv_head
@@ -131,7 +131,9 @@ def _attention_kernel(q16, k, vt, n_past, scale, n_cols, decode, window, out):
         n_vis = n_past + t + 1  # causal: cells 0 .. n_past + t
         first = max(0, n_vis - window) if window > 0 else 0  # sliding window: cells first .. n_past + t
         w = np.empty(n_cols, np.float32)
-        qrow = q16[t, h]
+        qrow = np.empty(d, np.float32)
+        for j in range(d):
+            qrow[j] = to_f16(q[t, h, j])  # KQ's src1 converted to float16 (F16C, nearest even)
         mx = np.float32(-np.inf)
         if not decode:
             _dots_tinyblas(k[:, kvh], first, n_vis, qrow, d, w)
@@ -183,18 +185,17 @@ def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: 
     """
     if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
         raise ValueError(f"attention_ggml: window must be a positive number of positions or None, got {window!r}")
-    q = np.asarray(q, dtype=np.float32)
+    q = np.ascontiguousarray(q, dtype=np.float32)
     n_tok, n_head, d = q.shape
     n_kv = n_past + n_tok
     if k_f16.shape[0] < n_kv or v_f16.shape[0] < n_kv:
         raise ValueError(f"attention_ggml: the cache holds {k_f16.shape[0]} positions, need {n_kv}")
     n_kv_head, d_v = v_f16.shape[1], v_f16.shape[2]
     n_cols = -(-n_kv // kv_pad) * kv_pad
-    q16 = np.ascontiguousarray(q.astype(np.float16).astype(np.float32))
     k = np.zeros((n_cols, n_kv_head, d), np.float32)
     k[:n_kv] = np.asarray(k_f16[:n_kv], dtype=np.float16)
     vt = np.zeros((n_kv_head, d_v, n_cols), np.float32)
     vt[:, :, :n_kv] = np.asarray(v_f16[:n_kv], dtype=np.float16).transpose(1, 2, 0)
     out = np.empty((n_tok, n_head, d_v), np.float32)
-    _attention_kernel(q16, k, vt, n_past, np.float32(scale), n_cols, n_tok == 1, window or 0, out)
+    _attention_kernel(q, k, vt, n_past, np.float32(scale), n_cols, n_tok == 1, window or 0, out)
     return out.reshape(n_tok, n_head * d_v)
