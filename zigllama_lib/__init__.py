@@ -11,4 +11,12 @@ def load(name_or_path="smollm2-135m-instruct", **kwargs):
     return _load(name_or_path, **kwargs)
 
 
-__all__ = ["ZigLlamaError", "load", "__version__"]
+def render_chat_template(template, messages, add_generation_prompt=False, bos_token="", eos_token="", **extra):
+    """Render a conversation through a chat template (Jinja source or a built-in name such as ``"gemma"``)."""
+    from .models.chat_template import render_chat_template as _render
+
+    return _render(template, messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token,
+                   eos_token=eos_token, **extra)
+
+
+__all__ = ["ZigLlamaError", "load", "render_chat_template", "__version__"]

@@ -36,6 +36,10 @@ class TokenizerError(ZigLlamaError):
     """Tokenizer metadata is missing or inconsistent, or a token id is out of range."""
 
 
+class ChatTemplateError(ZigLlamaError):
+    """A chat template is malformed, unsafe, raised an error itself, or rendered too much."""
+
+
 class ContextLengthError(ZigLlamaError):
     """A prompt (plus generation) does not fit in the model's context window."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..foundation.gguf import GGUFFile
 from .arch import ArchSpec, spec_from_metadata
+from .chat_template import attach_chat_template
 from .decoder import Decoder
 from .registry import resolve
 from .tokenizer import Tokenizer
@@ -29,4 +30,5 @@ def load_gguf(name_or_path: str | os.PathLike, progress: bool = True) -> LoadedM
     embd = gguf.tensors.get("token_embd.weight")
     spec = spec_from_metadata(gguf.metadata, n_vocab_tensor=embd.shape[-1] if embd is not None else None)
     tokenizer = Tokenizer.from_metadata(gguf.metadata)
+    attach_chat_template(tokenizer, gguf.metadata)
     return LoadedModel(path, gguf, spec, Decoder(gguf, spec), tokenizer)

@@ -168,6 +168,10 @@ class Tokenizer:
     """
 
     model = ""  # tokenizer.ggml.model
+    # Jinja source of the chat template: the file's ``tokenizer.chat_template``, or the
+    # built-in named by ``chat_template_name`` when the file has none (set by models.loader).
+    chat_template: str | None = None
+    chat_template_name: str | None = None
 
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
@@ -237,6 +241,37 @@ class Tokenizer:
     def is_eog(self, token_id: int) -> bool:
         """True for end-of-generation ids: EOS, EOT, EOM, FIM pad/repo/sep and well-known end texts."""
         return token_id in self.vocab.eog
+
+    @property
+    def end_of_turn_ids(self) -> frozenset[int]:
+        """Ids a chat reply stops at (SmolLM2 ``<|im_end|>``, Gemma ``<end_of_turn>``): the EOG set."""
+        return self.vocab.eog
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = False, tokenize: bool = True,
+                            tools=None, chat_template: str | None = None, **kwargs) -> str | list[int]:
+        """Render ``messages`` with the model's chat template (transformers' signature).
+
+        Returns the prompt text when ``tokenize=False``, else its ids, encoded with
+        ``parse_special=True`` and ``add_special=False``: the template writes BOS
+        where it wants one (``bos_token``), as transformers does. ``chat_template``:
+        another Jinja source or built-in name; ``kwargs`` reach the template
+        (``documents=``, ``enable_thinking=``...).
+        Example (SmolLM2): ``apply_chat_template([{"role": "user", "content": "Hi"}], True, False)``
+        -> ``"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"``.
+        """
+        from .chat_template import render_chat_template
+
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is None:
+            raise TokenizerError("this tokenizer has no chat template (the model loader sets one); "
+                                 "pass chat_template= (Jinja source or a built-in name such as 'chatml')")
+        specials = {"bos_token": self._special_text(self.bos_id), "eos_token": self._special_text(self.eos_id)}
+        text = render_chat_template(template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                    **{**specials, **kwargs})
+        return self.encode(text, add_special=False, parse_special=True) if tokenize else text
+
+    def _special_text(self, token_id: int | None) -> str:
+        return self.vocab.texts[token_id] if token_id is not None and 0 <= token_id < self.n_vocab else ""
 
     def id_to_piece(self, token_id: int) -> str:
         """The vocabulary string of ``token_id`` as stored (``"Ġworld"``, ``"<|im_end|>"``)."""
