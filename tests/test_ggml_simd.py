@@ -177,6 +177,21 @@ def test_hardware_f16_rounding_is_numpy_and_round_f16():
                           ours[::97].view(np.int32))
 
 
+def test_store_as_f16_is_numpy_cast():
+    """The KV cache's float32 -> float16 store (compiled, F16C) against numpy's cast, bit for bit."""
+    from zigllama_lib.linear_algebra.half import store_as_f16
+
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((64, 3, 40)) * 10.0 ** rng.integers(-9, 6, (64, 3, 40))).astype(np.float32)
+    x.reshape(-1)[:7] = [65504.0, 65520.0, -np.inf, 6.1e-5, 2.0 ** -25, -(2.0 ** -24) * 1.5, -0.0]
+    ours = np.zeros((2, 64, 3, 40), np.float16)
+    with np.errstate(over="ignore"):
+        store_as_f16(ours[1], x)
+        want = x.astype(np.float16)
+    assert np.array_equal(ours[1].view(np.uint16), want.view(np.uint16))
+    assert not ours[0].any()  # only the destination slice was written
+
+
 def test_float16_scale_loads_are_exact_for_every_bit_pattern():
     """The two ways the kernels read float16 block scales (integer bits times 2^112, and F16C on a
     32-bit load) against numpy's float16 -> float32, for all 65536 halves (NaNs: still NaN, same sign)."""

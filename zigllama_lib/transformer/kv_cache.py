@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..foundation.errors import ContextLengthError
+from ..linear_algebra.half import store_as_f16
 
 
 class KVCache:
@@ -43,8 +44,8 @@ class KVCache:
     def store(self, layer: int, k_new: np.ndarray, v_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Write ``k_new, v_new: (n_new, n_kv_head, head_dim)`` at ``n_past``; return the filled prefix views."""
         start, end = self.n_past, self.n_past + len(k_new)
-        self.k[layer, start:end] = k_new
-        self.v[layer, start:end] = v_new
+        store_as_f16(self.k[layer, start:end], k_new)  # a plain copy unless the cache is float16
+        store_as_f16(self.v[layer, start:end], v_new)
         return self.k[layer, :end], self.v[layer, :end]
 
     def advance(self, n_new: int) -> None:
