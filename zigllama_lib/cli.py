@@ -1,7 +1,8 @@
-"""The ``zigllama`` command: generate, pull, inspect, bench.
+"""The ``zigllama`` command: generate, chat, pull, inspect, bench.
 
     zigllama generate "The capital of France is"          # default model, greedy
     zigllama generate "Once upon a time" --temperature 0.8 --top-p 0.95 --seed 1
+    zigllama chat --system "Answer briefly."               # interactive, through the chat template
     zigllama pull gemma3-270m
     zigllama inspect ~/.cache/zigllama/SmolLM2-135M-Instruct.Q4_1.gguf
     zigllama bench --vs llama.cpp --json bench.json --markdown bench.md
@@ -42,6 +43,15 @@ def _cmd_generate(args) -> int:
             msg += f" at {n / st['decode_s']:.1f} tok/s"
         print(msg + f"; stop: {st['stop_reason']}]", file=sys.stderr)
     return 0
+
+
+def _cmd_chat(args) -> int:
+    from .inference import chat_cli
+    from .inference.engine import load
+
+    model = load(args.model, n_ctx=args.n_ctx, n_threads=args.threads, numerics=args.numerics)
+    return chat_cli.run(model, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
+                        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed)
 
 
 def _cmd_pull(args) -> int:
@@ -204,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
     g.add_argument("--verbose", "-v", action="store_true", help="print timing to stderr")
     g.set_defaults(func=_cmd_generate)
+
+    c = sub.add_parser("chat", help="talk to a model in the terminal, through its chat template (greedy by default)",
+                       description="Interactive chat: /reset, /system TEXT, /help, /exit (or Ctrl-D); Ctrl-C stops "
+                                   "a reply (zigllama_lib.inference.chat_cli).")
+    _add_model_args(c)
+    c.add_argument("--system", default=None, help="system message")
+    c.add_argument("--max-tokens", "-n", type=_positive_int, default=512, help="longest reply in tokens")
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    c.add_argument("--top-k", type=int, default=40, help="<= 0 disables")
+    c.add_argument("--top-p", type=float, default=0.95, help=">= 1 disables")
+    c.add_argument("--min-p", type=float, default=0.05, help="<= 0 disables")
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
+    c.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("pull", help="fetch a registry model into the cache")
     p.add_argument("name", choices=sorted(REGISTRY))

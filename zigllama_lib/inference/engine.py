@@ -5,6 +5,8 @@
     logits = model.logits(ids)                          # (len(ids), n_vocab), fresh context
     for piece in model.generate("Once upon a time", max_tokens=32, temperature=0.0):
         print(piece, end="", flush=True)
+    for piece in model.chat([{"role": "user", "content": "Hi!"}], temperature=0.0):
+        print(piece, end="", flush=True)               # the reply, through the model's chat template
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..models.decoder import numerics_named
 from ..models.loader import load_gguf
 from ..models.registry import DEFAULT_MODEL
 from .generation import GenerationConfig, generate_ids, make_sampler
-from .streaming import Utf8Stream
+from .streaming import Utf8Stream, stream_text
 
 DEFAULT_N_CTX = 2048
 
@@ -105,6 +107,47 @@ class LanguageModel:
         tail = stream.flush()
         if tail:
             yield tail
+
+    # -- chat -------------------------------------------------------------
+    def chat_prompt_ids(self, messages, tools=None, chat_template: str | None = None, **template_kwargs) -> list[int]:
+        """Token ids of ``messages`` rendered with the chat template and the assistant's turn opened.
+
+        ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``;
+        ContextLengthError (with both numbers) if they do not fit ``n_ctx``.
+        """
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, tools=tools,
+                                                 chat_template=chat_template, **template_kwargs)
+        if len(ids) > self.n_ctx:
+            raise ContextLengthError(f"the conversation is {len(ids)} tokens once rendered with the chat template; "
+                                     f"it does not fit the context of {self.n_ctx} tokens")
+        return ids
+
+    def chat_ids(self, messages, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+                 top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None, numerics: str | None = None,
+                 tools=None, chat_template: str | None = None, **template_kwargs) -> Iterator[int]:
+        """Yield the reply's token ids to ``messages`` (stops at the end-of-turn token, not yielded).
+
+        The conversation is rendered and checked now (a bad template or a
+        conversation longer than the context raises here, before any token);
+        the tokens come from :meth:`generate_ids`.
+        """
+        ids = self.chat_prompt_ids(messages, tools=tools, chat_template=chat_template, **template_kwargs)
+        return self.generate_ids(ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 min_p=min_p, seed=seed, numerics=numerics)
+
+    def chat(self, messages, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+             min_p: float = 0.05, seed: int | None = None, numerics: str | None = None, tools=None,
+             chat_template: str | None = None, **template_kwargs) -> Iterator[str]:
+        """Stream the reply to ``messages`` as text pieces, as :meth:`generate` does.
+
+        ``messages``: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
+        Greedy (``temperature=0``) it equals ``generate(rendered, add_special=False,
+        parse_special=True)`` on the rendered prompt. Errors are raised at the call.
+        """
+        tokens = self.chat_ids(messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               min_p=min_p, seed=seed, numerics=numerics, tools=tools, chat_template=chat_template,
+                               **template_kwargs)
+        return stream_text(tokens, lambda t: self.tokenizer.token_bytes(t, render_special=False))
 
     def complete(self, prompt: str, **kwargs) -> str:
         """The whole continuation as one string (``generate`` joined)."""
