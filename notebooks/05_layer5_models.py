@@ -29,7 +29,9 @@
 # 3. explain byte-level BPE (byte map, pre-tokenizer, merges by rank) and
 #    write a BPE loop that gives the library's tokens exactly;
 # 4. run the decoder one layer at a time, watch the hidden state grow, and
-#    reproduce `model.logits`.
+#    reproduce `model.logits`;
+# 5. render a conversation through the model's chat template and see its
+#    special tokens.
 #
 # It runs in well under a minute on a laptop CPU once the model is in the
 # cache and Numba has compiled its kernels.
@@ -470,6 +472,77 @@ print(f"the first token's norm peaks after layer {peak} at {norms[peak, 0]:.0f},
       f"{norms[peak, 0] / norms[peak, 1:].max():.0f} times the largest of the others there")
 
 # %% [markdown]
+# ## 5. Chat templates: a conversation is a text too
+#
+# An instruction-tuned model was trained on conversations written out in one
+# exact format, with special tokens marking whose turn it is. The GGUF file
+# carries that format as a small [Jinja](https://jinja.palletsprojects.com)
+# program in `tokenizer.chat_template` (copied from the Hugging Face model).
+# SmolLM2's loops over the messages, writes each between `<|im_start|>role`
+# and `<|im_end|>` (the "ChatML" format), and adds a default system message
+# when there is none:
+
+# %%
+print(md["tokenizer.chat_template"])
+
+# %% [markdown]
+# Written out by hand for a system message and one question, with
+# `add_generation_prompt` opening the assistant's turn (the model's next tokens
+# are then its reply, which it ends with `<|im_end|>`):
+
+# %%
+messages = [{"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
+by_hand = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+by_hand += "<|im_start|>assistant\n"
+
+chat_text = zl.render_chat_template(md["tokenizer.chat_template"], messages, add_generation_prompt=True)
+assert chat_text == by_hand
+assert chat_text == tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+print(chat_text)
+
+# %% [markdown]
+# The rendered text is then tokenized with `parse_special=True`, so that the
+# text `<|im_start|>` becomes the single control token it stands for (without
+# it, the same text is seven ordinary tokens a user could type). The template
+# itself decides where a BOS token goes, so no BOS is added
+# (`add_special=False`). The special tokens are the turn markers:
+
+# %%
+from zigllama_lib.models.tokenizer_vocab import ATTR_CONTROL
+
+chat_ids = tok.apply_chat_template(messages, add_generation_prompt=True)
+assert chat_ids == tok.encode(chat_text, add_special=False, parse_special=True)
+print(f"{len(chat_ids)} tokens; '<|im_start|>' as plain text would be "
+      f"{len(tok.encode('<|im_start|>', add_special=False))} tokens")
+for i in chat_ids[:12]:
+    kind = "special (control)" if tok.token_attr(i) & ATTR_CONTROL else ""
+    print(f"{i:6d}  {tok.id_to_piece(i)!r:22s} {kind}")
+print("...")
+print("the reply stops at", sorted(tok.id_to_piece(i) for i in tok.end_of_turn_ids))
+
+# %% [markdown]
+# Gemma 3 270M's file has no template, so the library chooses a built-in one by
+# architecture (`tokenizer.chat_template_name`). Gemma has no system role: as
+# Gemma 3's own template does, the system message is prepended to the first
+# user turn, and the assistant's turns are called `model`:
+
+# %%
+gemma_tok = zl.load("gemma3-270m").tokenizer
+print("built-in template:", gemma_tok.chat_template_name)
+gemma_text = gemma_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+print(gemma_text)
+gemma_ids = gemma_tok.apply_chat_template(messages, add_generation_prompt=True)
+print([gemma_tok.id_to_piece(i) for i in gemma_ids[:6]], "...")
+assert gemma_text == zl.render_chat_template("gemma", messages, add_generation_prompt=True, bos_token="<bos>")
+assert gemma_ids[0] == gemma_tok.bos_id and gemma_ids.count(gemma_tok.bos_id) == 1
+
+# %% [markdown]
+# `model.chat(messages)` (layer 6) renders the conversation like this, then
+# streams the reply exactly as `model.generate` would continue the rendered
+# text; `zigllama chat` is the same in a terminal loop.
+
+# %% [markdown]
 # ## Summary
 #
 # - The GGUF metadata is the architecture: `llama.block_count`,
@@ -484,6 +557,9 @@ print(f"the first token's norm peaks after layer {peak} at {norms[peak, 0]:.0f},
 # - The decoder embeds the ids, adds attention and feed-forward outputs to the
 #   residual stream block by block, normalises, and projects onto the
 #   vocabulary; doing it by hand reproduces `model.logits`.
+# - A chat model's conversations are text in its own format: the GGUF's Jinja
+#   `tokenizer.chat_template` writes the messages between special turn tokens,
+#   and the rendered text is tokenized with `parse_special=True`.
 #
 # ## Exercises
 #
