@@ -681,33 +681,63 @@ def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa
 
 # -- matrix products --------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
-    """Row ``r`` times every token: four at a time, the rest one by one (``out`` C-contiguous)."""
-    nb = xd.shape[1]
-    n_tok = xq.shape[0]
+def _pass_width(kind, t, n_tok):
+    """How many tokens, from token ``t`` on, one :func:`dot_any` call takes."""
     wide = WIDE_PASS if kind == KIND_Q8_0 or kind == KIND_Q5_0 or kind == KIND_Q4_K or kind == KIND_Q6_K_TILED else TOKENS_PER_PASS
+    if t + wide <= n_tok:
+        return wide
+    if t + TOKENS_PER_PASS <= n_tok:
+        return TOKENS_PER_PASS
+    return 1
+
+
+@njit(cache=True, inline="always")
+def _row_pass(w0, row_stride, r, kind, t, step, xq, xd, xs, out):
+    """Row ``r`` times tokens ``t .. t+step-1`` (``out`` C-contiguous)."""
+    dot_any(kind, step, w0 + r * row_stride, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xd.strides[0],
+            xs[t].ctypes.data, xs.strides[0], xd.shape[1], out[t, r:].ctypes.data, out.strides[0])
+
+
+@njit(cache=True, inline="always")
+def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
+    """Row ``r`` times every token: eight or four at a time, the rest one by one."""
     t = 0
-    while t < n_tok:
-        if t + wide <= n_tok:
-            step = wide
-        elif t + TOKENS_PER_PASS <= n_tok:
-            step = TOKENS_PER_PASS
-        else:
-            step = 1
-        dot_any(kind, step, w0 + r * row_stride, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xd.strides[0],
-                xs[t].ctypes.data, xs.strides[0], nb, out[t, r:].ctypes.data, out.strides[0])
+    while t < xq.shape[0]:
+        step = _pass_width(kind, t, xq.shape[0])
+        _row_pass(w0, row_stride, r, kind, t, step, xq, xd, xs, out)
         t += step
+
+
+ROW_TILE = 16  # prefill: weight rows that share one pass over a group of tokens' activations
 
 
 @njit(cache=True, parallel=True)
 def _mm_parallel(raw, kind, xq, xd, xs, out):
-    """``out (n_tok, n_out)``: every row of ``raw`` (rows outer: a row is read once for all tokens)."""
+    """``out (n_tok, n_out)``: every row of ``raw`` times every token.
+
+    One token (decode): rows outer, a few rows prefetched ahead. A batch (prefill): tiles of
+    :data:`ROW_TILE` rows, and within a tile token groups outer, so a group's activations (8 tokens
+    x ``n_in`` int8) stay in L1 while the tile's rows go by, instead of every row streaming the whole
+    batch's activations from L2. Every dot product is computed the same way in either order.
+    """
     w0, row_stride = raw.ctypes.data, raw.strides[0]
-    n_out = raw.shape[0]
-    for r in prange(n_out):
-        if xq.shape[0] == 1 and r + PREFETCH_ROWS < n_out:
-            prefetch_row(w0 + (r + PREFETCH_ROWS) * row_stride, row_stride)
-        _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out)
+    n_out, n_tok = raw.shape[0], xq.shape[0]
+    if n_tok == 1:
+        for r in prange(n_out):
+            if r + PREFETCH_ROWS < n_out:
+                prefetch_row(w0 + (r + PREFETCH_ROWS) * row_stride, row_stride)
+            _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out)
+        return
+    n_tiles = -(-n_out // ROW_TILE)
+    for tile in prange(n_tiles):
+        r0 = tile * ROW_TILE
+        r1 = min(n_out, r0 + ROW_TILE)
+        t = 0
+        while t < n_tok:
+            step = _pass_width(kind, t, n_tok)
+            for r in range(r0, r1):
+                _row_pass(w0, row_stride, r, kind, t, step, xq, xd, xs, out)
+            t += step
 
 
 @njit(cache=True)
