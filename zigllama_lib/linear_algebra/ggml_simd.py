@@ -26,7 +26,10 @@ K-quant matmul (one FMA chain over super-blocks, :func:`kind_for`), Q4_K as the 
 AVX2 build actually runs for it (``ggml_gemv/gemm_q4_K_8x8_q8_K``, see
 :func:`_emit_q4_K`) -- computed here on the file's own row layout. One
 intrinsic, :func:`dot_row`, does all five weight types, for one token (decode)
-or four (prefill: each weight block unpacked once for the four).
+or a group of four or eight (prefill: each weight block unpacked once for the group).
+Decode splits a matrix's rows between threads (:func:`_mm_parallel`); prefill splits tiles
+of :data:`ROW_TILE` rows and runs each tile over the batch group by group
+(:func:`_mm_tiles_parallel`), so a group's activations stay in L1.
 
 The kernels read the weight rows straight from the GGUF bytes (the
 memory-mapped file: no repacking, no copy) and the activations from the planes
@@ -713,21 +716,27 @@ ROW_TILE = 16  # prefill: weight rows that share one pass over a group of tokens
 
 @njit(cache=True, parallel=True)
 def _mm_parallel(raw, kind, xq, xd, xs, out):
-    """``out (n_tok, n_out)``: every row of ``raw`` times every token.
+    """``out (1, n_out)``: every row of ``raw`` times one token (decode), rows split between threads,
+    a few rows prefetched ahead."""
+    w0, row_stride = raw.ctypes.data, raw.strides[0]
+    n_out = raw.shape[0]
+    for r in prange(n_out):
+        if r + PREFETCH_ROWS < n_out:
+            prefetch_row(w0 + (r + PREFETCH_ROWS) * row_stride, row_stride)
+        _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out)
 
-    One token (decode): rows outer, a few rows prefetched ahead. A batch (prefill): tiles of
-    :data:`ROW_TILE` rows, and within a tile token groups outer, so a group's activations (8 tokens
-    x ``n_in`` int8) stay in L1 while the tile's rows go by, instead of every row streaming the whole
-    batch's activations from L2. Every dot product is computed the same way in either order.
+
+@njit(cache=True, parallel=True)
+def _mm_tiles_parallel(raw, kind, xq, xd, xs, out):
+    """``out (n_tok, n_out)``: every row of ``raw`` times every token of a batch (prefill).
+
+    Tiles of :data:`ROW_TILE` rows go to threads, and within a tile token groups are outer, so a
+    group's activations (8 tokens x ``n_in`` int8) stay in L1 while the tile's rows go by, instead of
+    every row streaming the whole batch's activations from L2. Every dot product is computed the same
+    way as in :func:`_mm_parallel`'s order.
     """
     w0, row_stride = raw.ctypes.data, raw.strides[0]
     n_out, n_tok = raw.shape[0], xq.shape[0]
-    if n_tok == 1:
-        for r in prange(n_out):
-            if r + PREFETCH_ROWS < n_out:
-                prefetch_row(w0 + (r + PREFETCH_ROWS) * row_stride, row_stride)
-            _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out)
-        return
     n_tiles = -(-n_out // ROW_TILE)
     for tile in prange(n_tiles):
         r0 = tile * ROW_TILE
@@ -788,7 +797,11 @@ def share_input(x: np.ndarray) -> SharedInput:
 def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """``y (n_tok, n_out)`` for activations already quantised by :func:`quantize_activations`."""
     out = np.empty((xq.shape[0], w.n_out), np.float32)
-    kernel = _mm_parallel if w.n_out * xq.shape[0] >= 64 else _mm_serial
+    n_tok = xq.shape[0]
+    if w.n_out * n_tok < 64:
+        kernel = _mm_serial
+    else:
+        kernel = _mm_parallel if n_tok == 1 else _mm_tiles_parallel
     kernel(w.raw, kind_for(w.qtype, xq.shape[0]), xq, xd, xs, out)
     return out
 
