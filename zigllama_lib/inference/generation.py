@@ -16,7 +16,7 @@ attention over ``n`` cached positions, instead of a forward pass over all
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -37,14 +37,25 @@ class GenerationConfig:
             raise ConfigError(f"max_tokens must be a non-negative integer, got {self.max_tokens!r}")
 
 
-def generate_ids(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler, numerics: Numerics,
-                 n_ctx: int, is_eog, config: GenerationConfig = GenerationConfig(),
-                 stats: dict | None = None) -> Iterator[int]:
-    """Yield sampled token ids after ``prompt_ids``; prefill once, then one token per step.
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One generated token and the logits it was sampled from (after any ``logits_processor``)."""
 
-    Stops after ``config.max_tokens`` tokens, at an end-of-generation token
-    (not yielded), or when the context window is full. ``stats``, if given,
-    receives ``n_prompt``, ``n_generated`` and ``stop_reason``.
+    token: int
+    logits: np.ndarray  # (n_vocab,) float32
+
+
+def generate_steps(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler, numerics: Numerics,
+                   n_ctx: int, is_eog, config: GenerationConfig = GenerationConfig(),
+                   stats: dict | None = None,
+                   logits_processor: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Step]:
+    """The generation loop, yielding each token with the logits it was drawn from.
+
+    ``logits_processor(logits) -> logits``, if given, rewrites each step's
+    ``(n_vocab,)`` logits before the sampler sees them (a logit bias, a
+    grammar mask...); it must not modify its argument in place. A consumer
+    that stops iterating (a stop string, a client gone) stops the loop before
+    the next forward pass. See :func:`generate_ids` for the stopping rules.
     """
     import time
 
@@ -63,12 +74,14 @@ def generate_ids(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler, 
     stats["prefill_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for step in range(config.max_tokens):
+        if logits_processor is not None:
+            logits = logits_processor(logits)
         token = sampler(logits)
         if config.stop_at_eog and is_eog(token):
             stats["stop_reason"] = "eog"
             break
         stats["n_generated"] = step + 1
-        yield token
+        yield Step(token, logits)
         if step + 1 == config.max_tokens:
             break
         if cache.n_past >= n_ctx:
@@ -76,6 +89,21 @@ def generate_ids(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler, 
             break
         logits = decoder.forward([token], cache, numerics)[-1]  # decode one token
     stats["decode_s"] = time.perf_counter() - t0
+
+
+def generate_ids(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler, numerics: Numerics,
+                 n_ctx: int, is_eog, config: GenerationConfig = GenerationConfig(),
+                 stats: dict | None = None,
+                 logits_processor: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[int]:
+    """Yield sampled token ids after ``prompt_ids``; prefill once, then one token per step.
+
+    Stops after ``config.max_tokens`` tokens, at an end-of-generation token
+    (not yielded), or when the context window is full. ``stats``, if given,
+    receives ``n_prompt``, ``n_generated`` and ``stop_reason``.
+    """
+    for step in generate_steps(decoder, prompt_ids, sampler, numerics, n_ctx, is_eog, config, stats,
+                               logits_processor):
+        yield step.token
 
 
 def make_sampler(temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None) -> Sampler:

@@ -48,8 +48,8 @@ import numpy as np
 from ..foundation.errors import ConfigError
 
 __all__ = [
-    "Candidates", "Sampler", "SamplerConfig", "apply_temperature", "draw", "greedy",
-    "min_p_filter", "softmax", "sort_candidates", "top_k_filter", "top_p_filter",
+    "Candidates", "LogitBias", "Sampler", "SamplerConfig", "apply_temperature", "draw", "greedy", "log_softmax",
+    "min_p_filter", "softmax", "sort_candidates", "top_k_filter", "top_logprobs", "top_p_filter",
 ]
 
 # Rounding slack for the inclusive tests of top-p (cum >= p) and min-p
@@ -316,6 +316,55 @@ def draw(c: Candidates, rng: np.random.Generator) -> int:
     if j >= len(c):  # u * C_n rounded up to C_n: take the last possible token
         j = int(np.flatnonzero(c.probs > 0)[-1])
     return int(c.ids[j])
+
+
+# --------------------------------------------------------------------------- logit bias, log-probabilities
+
+
+class LogitBias:
+    """A logits processor adding a fixed bias per token id (OpenAI's ``logit_bias``).
+
+        bias = LogitBias({50256: -100.0, 13: 2.5}, n_vocab)
+        z2 = bias(z)     # (n_vocab,) copy of z with z2[50256] = z[50256] - 100, z2[13] = z[13] + 2.5
+
+    A bias of -100 all but bans a token, +100 all but forces it (as OpenAI
+    describes them); ``-inf`` bans it outright. The input is never modified.
+    """
+
+    def __init__(self, bias: dict[int, float], n_vocab: int):
+        for tid, b in bias.items():
+            if not _is_int(tid) or not 0 <= tid < n_vocab:
+                raise ConfigError(f"logit_bias token id {tid!r} is not in [0, {n_vocab})")
+            if not _is_real(b) or math.isnan(b) or b == math.inf:
+                raise ConfigError(f"logit_bias for token {tid} must be a number (or -inf), got {b!r}")
+        self.ids = np.array(sorted(bias), dtype=np.int64)                # (n_bias,)
+        self.values = np.array([bias[i] for i in self.ids], np.float32)  # (n_bias,)
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        z = np.array(logits, dtype=np.float32, copy=True)  # (n_vocab,)
+        z[self.ids] += self.values
+        return z
+
+
+def log_softmax(logits) -> np.ndarray:
+    """``log p_i = z_i - m - log(sum_j exp(z_j - m))``, ``m = max z``, in float64: (n,)."""
+    z = _checked_logits(logits).astype(np.float64)
+    m = z.max()
+    return z - m - np.log(np.exp(z - m).sum())
+
+
+def top_logprobs(logits, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` most likely token ids and their log-probabilities, most likely first.
+
+    Returns ``(ids, logprobs)``: (n,) int64 and (n,) float64, ties by lower id
+    (the order of :func:`top_k_filter`); the log-probabilities are those of the
+    whole vocabulary's softmax (:func:`log_softmax`), not of the kept ``n``.
+    """
+    lp = log_softmax(logits)
+    top = top_k_filter(Candidates(_identity_ids(len(lp)), lp), max(0, n)) if n > 0 else None
+    if top is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    return top.ids, top.logits
 
 
 class Sampler:
