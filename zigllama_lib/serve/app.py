@@ -1,0 +1,355 @@
+"""The OpenAI-compatible HTTP server: FastAPI routes over :class:`.engine.Engine`.
+
+    app = create_app({"smollm2-135m-instruct": model}, api_key=None)
+    uvicorn.run(app, host="127.0.0.1", port=8080)       # what `zigllama serve` does
+
+Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``,
+``GET /metrics`` (Prometheus text), and llama.cpp's ``POST /tokenize`` / ``POST /detokenize``.
+Streaming is server-sent events in OpenAI's chunk format: ``data: {json}`` blocks, for chat a
+role chunk first, ``data: [DONE]`` last. Errors are OpenAI's JSON (:mod:`.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..foundation.errors import ZigLlamaError
+from .engine import Engine, Job
+from .errors import APIError
+from .params import GenParams, parse_common
+
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a request body larger than this is a 413
+DISCONNECT_POLL_S = 0.25          # how often a non-streaming request checks that its client is still there
+
+
+class Metrics:
+    """Counters for ``GET /metrics`` (Prometheus text exposition format, by hand: a few lines)."""
+
+    def __init__(self):
+        self.requests: dict[tuple[str, int], int] = {}
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.ttft_sum = 0.0
+        self.ttft_count = 0
+
+    def count(self, path: str, status: int) -> None:
+        self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
+
+    def text(self, engine: Engine) -> str:
+        lines = ["# HELP zigllama_requests_total HTTP requests by route and status.",
+                 "# TYPE zigllama_requests_total counter"]
+        lines += [f'zigllama_requests_total{{path="{p}",status="{s}"}} {n}' for (p, s), n in sorted(self.requests.items())]
+        for name, kind, value, help_ in (
+                ("prompt_tokens_total", "counter", self.prompt_tokens, "Prompt tokens processed."),
+                ("completion_tokens_total", "counter", self.completion_tokens, "Tokens generated."),
+                ("queue_depth", "gauge", engine.depth, "Generation requests waiting or running."),
+                ("request_latency_seconds_sum", "counter", self.latency_sum, "End-to-end generation latency, sum."),
+                ("request_latency_seconds_count", "counter", self.latency_count, "Generation requests finished."),
+                ("time_to_first_token_seconds_sum", "counter", self.ttft_sum, "Time to first token, sum."),
+                ("time_to_first_token_seconds_count", "counter", self.ttft_count, "Requests that produced a token.")):
+            lines += [f"# HELP zigllama_{name} {help_}", f"# TYPE zigllama_{name} {kind}", f"zigllama_{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The server for ``models`` (``{model id: LanguageModel}``, the first is the default for
+    /tokenize); with ``api_key``, every route but /health needs ``Authorization: Bearer <key>``."""
+    if not models:
+        raise ValueError("create_app needs at least one model")
+    engine, metrics = Engine(), Metrics()
+
+    async def lifespan(app):
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="zigllama", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.metrics = engine, metrics
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        metrics.count(request.url.path, e.status)
+        return _error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        metrics.count(request.url.path, e.status_code)
+        return _error_response(APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
+                                        code="not_found" if e.status_code == 404 else None))
+
+    def check_auth(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        if header != f"Bearer {api_key}":
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    async def read_json(request: Request) -> dict:
+        """The body as a JSON object, refusing more than ``max_body_bytes`` before reading it all."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise APIError(413, f"request body of {declared} bytes exceeds the limit of {max_body_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise APIError(413, f"request body exceeds the limit of {max_body_bytes} bytes")
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise APIError(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        return body
+
+    def model_named(body: dict, required: bool = True):
+        name = body.get("model")
+        if name is None and not required:
+            return next(iter(models.items()))
+        if not isinstance(name, str):
+            raise APIError(400, "'model' must be given, as a string: one of " + ", ".join(models), param="model")
+        if name not in models:
+            raise APIError(404, f"the model '{name}' does not exist; this server has: {', '.join(models)}",
+                           param="model", code="model_not_found")
+        return name, models[name]
+
+    def check_context(model, n_prompt: int) -> None:
+        if n_prompt == 0:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        if n_prompt > model.n_ctx:
+            raise APIError(400, f"this model's context is {model.n_ctx} tokens, but the prompt is {n_prompt} "
+                                f"tokens", param="messages", code="context_length_exceeded")
+
+    # -- plain routes ---------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        metrics.count("/health", 200)
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        check_auth(request)
+        metrics.count("/v1/models", 200)
+        created = int(time.time())
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "zigllama",
+                                            "n_ctx": m.n_ctx, "n_vocab": m.n_vocab} for name, m in models.items()]}
+
+    @app.get("/metrics")
+    async def get_metrics(request: Request):
+        check_auth(request)
+        metrics.count("/metrics", 200)
+        return PlainTextResponse(metrics.text(engine), media_type="text/plain; version=0.0.4")
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        check_auth(request)
+        body = await read_json(request)
+        _, m = model_named(body, required=False)
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise APIError(400, "'content' must be a string", param="content")
+        add_special = body.get("add_special", False)
+        parse_special = body.get("parse_special", True)
+        if not isinstance(add_special, bool) or not isinstance(parse_special, bool):
+            raise APIError(400, "'add_special' and 'parse_special' must be booleans")
+        ids = m.tokenizer.encode(content, add_special=add_special, parse_special=parse_special)
+        metrics.count("/tokenize", 200)
+        if body.get("with_pieces"):
+            return {"tokens": [{"id": t, "piece": m.tokenizer.token_bytes(t).decode("utf-8", "replace")} for t in ids]}
+        return {"tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        check_auth(request)
+        body = await read_json(request)
+        _, m = model_named(body, required=False)
+        ids = body.get("tokens")
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise APIError(400, "'tokens' must be a list of token ids", param="tokens")
+        bad = [t for t in ids if not 0 <= t < m.n_vocab]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is not in [0, {m.n_vocab})", param="tokens")
+        metrics.count("/detokenize", 200)
+        return {"content": m.tokenizer.decode(ids)}
+
+    # -- generation -----------------------------------------------------------------
+    def prompt_ids_of(body: dict, m) -> list[int]:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str):
+            return m.tokenizer.encode(prompt, add_special=True, parse_special=True)
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            bad = [t for t in prompt if not 0 <= t < m.n_vocab]
+            if bad:
+                raise APIError(400, f"prompt token id {bad[0]} is not in [0, {m.n_vocab})", param="prompt")
+            return list(prompt)
+        raise APIError(400, "'prompt' must be a string or a non-empty list of token ids "
+                            "(a batch of several prompts is not supported: send one request each)", param="prompt")
+
+    def chat_ids_of(body: dict, m) -> list[int]:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise APIError(400, "'messages' must be a non-empty list", param="messages")
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+                raise APIError(400, f"messages[{i}] must be an object with a 'role'", param="messages")
+            content = msg.get("content")
+            if isinstance(content, list):  # OpenAI's content parts: text only
+                if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                           for p in content):
+                    raise APIError(400, f"messages[{i}].content: only text parts are supported", param="messages")
+                messages[i] = {**msg, "content": "".join(p["text"] for p in content)}
+            elif not isinstance(content, str) and not (content is None and msg["role"] == "assistant"):
+                raise APIError(400, f"messages[{i}].content must be a string", param="messages")
+        try:
+            return m.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except ZigLlamaError as e:
+            raise APIError(400, f"the chat template could not render these messages: {e}", param="messages") from None
+
+    async def start_job(request: Request, chat: bool) -> tuple[Job, str, list[int], GenParams]:
+        check_auth(request)
+        body = await read_json(request)
+        name, m = model_named(body)
+        ids = chat_ids_of(body, m) if chat else prompt_ids_of(body, m)
+        params = parse_common(body, name, m.n_vocab, chat)
+        check_context(m, len(ids))
+        metrics.prompt_tokens += len(ids)
+        return engine.submit(m, ids, params, asyncio.get_running_loop()), name, ids, params
+
+    def finish_metrics(path: str, t0: float, t_first: float | None, usage: dict | None) -> None:
+        metrics.count(path, 200)
+        metrics.latency_sum += time.perf_counter() - t0
+        metrics.latency_count += 1
+        if t_first is not None:
+            metrics.ttft_sum += t_first - t0
+            metrics.ttft_count += 1
+        if usage:
+            metrics.completion_tokens += usage["completion_tokens"]
+
+    def chat_logprobs(entries: list) -> dict | None:
+        return {"content": entries} if entries else None
+
+    def completion_logprobs(entries: list, offset0: int, texts: list[str]) -> dict | None:
+        if not entries:
+            return None
+        offsets, pos = [], offset0
+        for e in entries:
+            offsets.append(pos)
+            pos += len(e["token"])
+        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+                "text_offset": offsets}
+
+    async def run(request: Request, chat: bool):
+        t0 = time.perf_counter()
+        path = request.url.path
+        job, name, ids, params = await start_job(request, chat)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        obj = "chat.completion" if chat else "text_completion"
+        echo = job.model.tokenizer.decode(ids) if params.echo else ""
+
+        if params.stream:
+            async def sse():
+                t_first, usage = None, None
+                chunk = {"id": rid, "object": obj + ".chunk" if chat else obj, "created": created, "model": name}
+                extra = {"usage": None} if params.include_usage else {}
+
+                def data(choice) -> str:
+                    return "data: " + json.dumps({**chunk, "choices": [choice], **extra}) + "\n\n"
+
+                try:
+                    if chat:
+                        yield data({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None})
+                    elif echo:
+                        yield data({"index": 0, "text": echo, "logprobs": None, "finish_reason": None})
+                    while True:
+                        ev = await job.events.get()
+                        if "error" in ev:
+                            yield "data: " + json.dumps(APIError(500, ev["error"]).body()) + "\n\n"
+                            break
+                        if ev.get("done"):
+                            usage = ev["usage"]
+                            final = ({"index": 0, "delta": {}, "logprobs": None, "finish_reason": ev["finish_reason"]}
+                                     if chat else {"index": 0, "text": "", "logprobs": None,
+                                                   "finish_reason": ev["finish_reason"]})
+                            yield data(final)
+                            if params.include_usage:
+                                yield "data: " + json.dumps({**chunk, "choices": [], "usage": usage}) + "\n\n"
+                            break
+                        t_first = t_first or time.perf_counter()
+                        if not ev["text"] and not ev["logprobs"]:
+                            continue
+                        if chat:
+                            yield data({"index": 0, "delta": {"content": ev["text"]},
+                                        "logprobs": chat_logprobs(ev["logprobs"]), "finish_reason": None})
+                        else:
+                            yield data({"index": 0, "text": ev["text"], "logprobs":
+                                        completion_logprobs(ev["logprobs"], 0, []), "finish_reason": None})
+                    yield "data: [DONE]\n\n"
+                finally:
+                    job.cancel()  # a client that went away stops its generation within one token
+                    finish_metrics(path, t0, t_first, usage)
+
+            return StreamingResponse(sse(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        text, entries, t_first = [], [], None
+        try:
+            while True:
+                try:
+                    ev = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        job.cancel()
+                        return PlainTextResponse("", status_code=499)
+                    continue
+                if "error" in ev:
+                    raise APIError(500, ev["error"])
+                if ev.get("done"):
+                    break
+                t_first = t_first or time.perf_counter()
+                text.append(ev["text"])
+                entries += ev["logprobs"]
+        finally:
+            job.cancel()
+        finish_metrics(path, t0, t_first, ev["usage"])
+        content = "".join(text)
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": content},
+                      "logprobs": chat_logprobs(entries) if params.logprobs is not None else None,
+                      "finish_reason": ev["finish_reason"]}
+        else:
+            choice = {"index": 0, "text": echo + content,
+                      "logprobs": completion_logprobs(entries, len(echo), text) if params.logprobs is not None else None,
+                      "finish_reason": ev["finish_reason"]}
+        return {"id": rid, "object": obj, "created": created, "model": name, "choices": [choice],
+                "usage": ev["usage"]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await run(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await run(request, chat=False)
+
+    return app
