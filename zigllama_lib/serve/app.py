@@ -129,6 +129,21 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
                            param="model", code="model_not_found")
         return name, models[name]
 
+    async def body_and_model(request: Request, required: bool = True):
+        """Authorised request -> ``(body, model id, model)``."""
+        check_auth(request)
+        body = await read_json(request)
+        return (body, *model_named(body, required))
+
+    def token_ids(value, n_vocab: int, param: str) -> list[int]:
+        """``value`` as a list of token ids in ``[0, n_vocab)``, else a 400 naming ``param``."""
+        if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+            raise APIError(400, f"'{param}' must be a list of token ids", param=param)
+        bad = [t for t in value if not 0 <= t < n_vocab]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} in '{param}' is not in [0, {n_vocab})", param=param)
+        return list(value)
+
     def check_context(model, n_prompt: int) -> None:
         if n_prompt == 0:
             raise APIError(400, "the prompt is empty", param="prompt")
@@ -158,9 +173,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        check_auth(request)
-        body = await read_json(request)
-        _, m = model_named(body, required=False)
+        body, _, m = await body_and_model(request, required=False)
         content = body.get("content")
         if not isinstance(content, str):
             raise APIError(400, "'content' must be a string", param="content")
@@ -176,15 +189,8 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
-        check_auth(request)
-        body = await read_json(request)
-        _, m = model_named(body, required=False)
-        ids = body.get("tokens")
-        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            raise APIError(400, "'tokens' must be a list of token ids", param="tokens")
-        bad = [t for t in ids if not 0 <= t < m.n_vocab]
-        if bad:
-            raise APIError(400, f"token id {bad[0]} is not in [0, {m.n_vocab})", param="tokens")
+        body, _, m = await body_and_model(request, required=False)
+        ids = token_ids(body.get("tokens"), m.n_vocab, "tokens")
         metrics.count("/detokenize", 200)
         return {"content": m.tokenizer.decode(ids)}
 
@@ -195,11 +201,8 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
             prompt = prompt[0]  # a batch of one
         if isinstance(prompt, str):
             return m.tokenizer.encode(prompt, add_special=True, parse_special=True)
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            bad = [t for t in prompt if not 0 <= t < m.n_vocab]
-            if bad:
-                raise APIError(400, f"prompt token id {bad[0]} is not in [0, {m.n_vocab})", param="prompt")
-            return list(prompt)
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            return token_ids(prompt, m.n_vocab, "prompt")
         raise APIError(400, "'prompt' must be a string or a non-empty list of token ids "
                             "(a batch of several prompts is not supported: send one request each)", param="prompt")
 
@@ -224,9 +227,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
             raise APIError(400, f"the chat template could not render these messages: {e}", param="messages") from None
 
     async def start_job(request: Request, chat: bool) -> tuple[Job, str, list[int], GenParams]:
-        check_auth(request)
-        body = await read_json(request)
-        name, m = model_named(body)
+        body, name, m = await body_and_model(request)
         ids = chat_ids_of(body, m) if chat else prompt_ids_of(body, m)
         params = parse_common(body, name, m.n_vocab, chat)
         check_context(m, len(ids))
@@ -246,7 +247,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
     def chat_logprobs(entries: list) -> dict | None:
         return {"content": entries} if entries else None
 
-    def completion_logprobs(entries: list, offset0: int, texts: list[str]) -> dict | None:
+    def completion_logprobs(entries: list, offset0: int) -> dict | None:
         if not entries:
             return None
         offsets, pos = [], offset0
@@ -303,7 +304,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
                                         "logprobs": chat_logprobs(ev["logprobs"]), "finish_reason": None})
                         else:
                             yield data({"index": 0, "text": ev["text"], "logprobs":
-                                        completion_logprobs(ev["logprobs"], 0, []), "finish_reason": None})
+                                        completion_logprobs(ev["logprobs"], 0), "finish_reason": None})
                     yield "data: [DONE]\n\n"
                 finally:
                     job.cancel()  # a client that went away stops its generation within one token
@@ -339,7 +340,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
                       "finish_reason": ev["finish_reason"]}
         else:
             choice = {"index": 0, "text": echo + content,
-                      "logprobs": completion_logprobs(entries, len(echo), text) if params.logprobs is not None else None,
+                      "logprobs": completion_logprobs(entries, len(echo)) if params.logprobs is not None else None,
                       "finish_reason": ev["finish_reason"]}
         return {"id": rid, "object": obj, "created": created, "model": name, "choices": [choice],
                 "usage": ev["usage"]}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 
 from ..inference.generation import GenerationConfig, generate_steps, make_sampler
@@ -35,7 +34,6 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
 
     def cancel(self) -> None:
         self.cancelled.set()
