@@ -1,8 +1,9 @@
-"""The ``zigllama`` command: generate, chat, pull, inspect, bench.
+"""The ``zigllama`` command: generate, chat, serve, pull, inspect, bench, profile, parity.
 
     zigllama generate "The capital of France is"          # default model, greedy
     zigllama generate "Once upon a time" --temperature 0.8 --top-p 0.95 --seed 1
     zigllama chat --system "Answer briefly."               # interactive, through the chat template
+    zigllama serve --model smollm2-135m-instruct --port 8080   # OpenAI-compatible, on 127.0.0.1
     zigllama pull gemma3-270m
     zigllama inspect ~/.cache/zigllama/SmolLM2-135M-Instruct.Q4_1.gguf
     zigllama bench --vs llama.cpp --json bench.json --markdown bench.md
@@ -52,6 +53,34 @@ def _cmd_chat(args) -> int:
     model = load(args.model, n_ctx=args.n_ctx, n_threads=args.threads, numerics=args.numerics)
     return chat_cli.run(model, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed)
+
+
+def _cmd_serve(args) -> int:
+    import os
+
+    import uvicorn
+
+    from .inference.engine import load
+    from .serve.app import create_app, model_id
+
+    api_key = args.api_key or os.environ.get("ZIGLLAMA_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"zigllama serve: warning: listening on {args.host} without an API key: anyone who can reach "
+              f"this port can use it (--api-key or ZIGLLAMA_API_KEY)", file=sys.stderr)
+    models = {}
+    for spec in args.model or [DEFAULT_MODEL]:
+        name = model_id(spec)
+        if name in models:
+            raise ZigLlamaError(f"--model {spec!r}: a model with the id {name!r} is already being served")
+        model = load(spec, n_ctx=args.n_ctx, n_threads=args.threads, numerics=args.numerics, progress=False)
+        model.generate_ids(model.tokenizer.encode("Hi"), max_tokens=1, temperature=0.0).__next__()  # compile/warm up
+        models[name] = model
+        print(f"zigllama serve: {name}: {model}", file=sys.stderr)
+    app = create_app(models, api_key=api_key, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)
+    print(f"zigllama serve: http://{args.host}:{args.port}/v1 ({'API key required' if api_key else 'no API key'})",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
 
 
 def _cmd_pull(args) -> int:
@@ -228,6 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=None)
     c.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
     c.set_defaults(func=_cmd_chat)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)",
+                        description="OpenAI-compatible server (zigllama_lib.serve): /v1/models, /v1/completions, "
+                                    "/v1/chat/completions (stream or not), /health, /metrics, /tokenize, /detokenize. "
+                                    "A model's id is its registry name, or the file's stem for a path.")
+    sv.add_argument("--model", "-m", action="append", default=None,
+                    help=f"registry name ({', '.join(sorted(REGISTRY))}) or path to a .gguf; repeat to serve "
+                         f"several (default: {DEFAULT_MODEL})")
+    sv.add_argument("--threads", "-t", type=int, default=None, help="kernel threads (default: all cores)")
+    sv.add_argument("--n-ctx", type=_positive_int, default=None,
+                    help="context window in tokens (default: min(train ctx, 2048))")
+    sv.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--api-key", default=None,
+                    help="require 'Authorization: Bearer KEY' (default: $ZIGLLAMA_API_KEY if set)")
+    sv.add_argument("--max-body-bytes", type=_positive_int, default=2 * 1024 * 1024,
+                    help="largest request body; more is a 413 (default: 2 MiB)")
+    sv.add_argument("--max-queue", type=_positive_int, default=64,
+                    help="generation requests queued or running at once; more get a 503 (default: 64)")
+    sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("pull", help="fetch a registry model into the cache")
     p.add_argument("name", choices=sorted(REGISTRY))

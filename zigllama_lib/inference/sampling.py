@@ -353,14 +353,15 @@ def log_softmax(logits) -> np.ndarray:
     return z - m - np.log(np.exp(z - m).sum())
 
 
-def top_logprobs(logits, n: int) -> tuple[np.ndarray, np.ndarray]:
+def top_logprobs(logits, n: int, log_probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` most likely token ids and their log-probabilities, most likely first.
 
     Returns ``(ids, logprobs)``: (n,) int64 and (n,) float64, ties by lower id
     (the order of :func:`top_k_filter`); the log-probabilities are those of the
     whole vocabulary's softmax (:func:`log_softmax`), not of the kept ``n``.
+    Pass ``log_probs=log_softmax(logits)`` when you have it already.
     """
-    lp = log_softmax(logits)
+    lp = log_softmax(logits) if log_probs is None else log_probs
     top = top_k_filter(Candidates(_identity_ids(len(lp)), lp), max(0, n)) if n > 0 else None
     if top is None:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)

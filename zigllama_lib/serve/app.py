@@ -15,17 +15,20 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..foundation.errors import ZigLlamaError
+from ..models.registry import REGISTRY
 from .engine import Engine, Job
 from .errors import APIError
 from .params import GenParams, parse_common
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a request body larger than this is a 413
+MAX_QUEUE = 64                    # generation requests waiting or running; one more is a 503
 DISCONNECT_POLL_S = 0.25          # how often a non-streaming request checks that its client is still there
 
 
@@ -52,6 +55,11 @@ class Metrics:
                 ("prompt_tokens_total", "counter", self.prompt_tokens, "Prompt tokens processed."),
                 ("completion_tokens_total", "counter", self.completion_tokens, "Tokens generated."),
                 ("queue_depth", "gauge", engine.depth, "Generation requests waiting or running."),
+                ("engine_tokens_total", "counter", engine.tokens_generated, "Forward passes the engine finished."),
+                ("cancelled_requests_total", "counter", engine.cancelled_jobs,
+                 "Generations stopped early because their client went away."),
+                ("tokens_after_cancel_total", "counter", engine.tokens_after_cancel,
+                 "Tokens computed after a generation was cancelled (at most one per cancelled request)."),
                 ("request_latency_seconds_sum", "counter", self.latency_sum, "End-to-end generation latency, sum."),
                 ("request_latency_seconds_count", "counter", self.latency_count, "Generation requests finished."),
                 ("time_to_first_token_seconds_sum", "counter", self.ttft_sum, "Time to first token, sum."),
@@ -60,14 +68,22 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def model_id(name_or_path) -> str:
+    """A served model's id: its registry name, or the file's stem for a path (``/m/foo.Q4_0.gguf`` -> ``foo.Q4_0``)."""
+    s = str(name_or_path)
+    return s if s in REGISTRY else Path(s).stem
+
+
 def _error_response(e: APIError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else {"Retry-After": "1"} if e.status == 503 else None
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
-def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               max_queue: int = MAX_QUEUE) -> FastAPI:
     """The server for ``models`` (``{model id: LanguageModel}``, the first is the default for
-    /tokenize); with ``api_key``, every route but /health needs ``Authorization: Bearer <key>``."""
+    /tokenize); with ``api_key``, every route but /health needs ``Authorization: Bearer <key>``.
+    More than ``max_queue`` generation requests at once get a 503 (with ``Retry-After``)."""
     if not models:
         raise ValueError("create_app needs at least one model")
     engine, metrics = Engine(), Metrics()
@@ -144,12 +160,19 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
             raise APIError(400, f"token id {bad[0]} in '{param}' is not in [0, {n_vocab})", param=param)
         return list(value)
 
-    def check_context(model, n_prompt: int) -> None:
+    def check_context(model, n_prompt: int, max_tokens: int | None, chat: bool) -> None:
+        """The prompt, and the prompt plus ``max_tokens``, must fit the context (OpenAI's rule)."""
+        param = "messages" if chat else "prompt"
         if n_prompt == 0:
-            raise APIError(400, "the prompt is empty", param="prompt")
+            raise APIError(400, "the prompt is empty", param=param)
         if n_prompt > model.n_ctx:
             raise APIError(400, f"this model's context is {model.n_ctx} tokens, but the prompt is {n_prompt} "
-                                f"tokens", param="messages", code="context_length_exceeded")
+                                f"tokens", param=param, code="context_length_exceeded")
+        if max_tokens is not None and n_prompt + max_tokens > model.n_ctx:
+            raise APIError(400, f"this model's context is {model.n_ctx} tokens, but {n_prompt + max_tokens} were "
+                                f"requested ({n_prompt} in the prompt, {max_tokens} for the completion): lower "
+                                f"max_tokens to at most {model.n_ctx - n_prompt}",
+                           param="max_tokens", code="context_length_exceeded")
 
     # -- plain routes ---------------------------------------------------------------
     @app.get("/health")
@@ -230,7 +253,10 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
         body, name, m = await body_and_model(request)
         ids = chat_ids_of(body, m) if chat else prompt_ids_of(body, m)
         params = parse_common(body, name, m.n_vocab, chat)
-        check_context(m, len(ids))
+        check_context(m, len(ids), params.max_tokens, chat)
+        if engine.depth >= max_queue:
+            raise APIError(503, f"the server is busy: {engine.depth} generation requests are queued or running "
+                                f"(at most {max_queue}); retry shortly", code="server_busy")
         metrics.prompt_tokens += len(ids)
         return engine.submit(m, ids, params, asyncio.get_running_loop()), name, ids, params
 
@@ -270,6 +296,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
         if params.stream:
             async def sse():
                 t_first, usage = None, None
+                offset = len(echo)  # completions' logprobs.text_offset: characters of text before each token
                 chunk = {"id": rid, "object": obj + ".chunk" if chat else obj, "created": created, "model": name}
                 extra = {"usage": None} if params.include_usage else {}
 
@@ -304,7 +331,8 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
                                         "logprobs": chat_logprobs(ev["logprobs"]), "finish_reason": None})
                         else:
                             yield data({"index": 0, "text": ev["text"], "logprobs":
-                                        completion_logprobs(ev["logprobs"], 0), "finish_reason": None})
+                                        completion_logprobs(ev["logprobs"], offset), "finish_reason": None})
+                            offset += sum(len(e["token"]) for e in ev["logprobs"])
                     yield "data: [DONE]\n\n"
                 finally:
                     job.cancel()  # a client that went away stops its generation within one token

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 from ..inference.generation import GenerationConfig, generate_steps, make_sampler
@@ -34,8 +35,12 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_time: float | None = None   # perf_counter() of the first cancel()
+    finished: bool = False             # the worker is done with this job
 
     def cancel(self) -> None:
+        if self.cancel_time is None:
+            self.cancel_time = time.perf_counter()
         self.cancelled.set()
 
     def emit(self, event: dict) -> None:
@@ -54,7 +59,7 @@ def token_logprob_entry(tokenizer, logits, token: int, n_top: int) -> dict:
         raw = tokenizer.token_bytes(int(t), render_special=True)
         return {"token": raw.decode("utf-8", "replace"), "logprob": float(value), "bytes": list(raw)}
 
-    ids, values = top_logprobs(logits, n_top)
+    ids, values = top_logprobs(logits, n_top, log_probs=lp)
     return {**item(token, lp[token]), "top_logprobs": [item(t, v) for t, v in zip(ids, values)]}
 
 
@@ -64,6 +69,10 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="zigllama-engine", daemon=True)
         self.running = 0
         self.completed = 0
+        self.tokens_generated = 0     # over all jobs
+        self.cancelled_jobs = 0       # jobs stopped early because their client left
+        self.tokens_after_cancel = 0  # tokens whose forward pass finished after their job's cancel(): at most
+                                      # one per cancelled job, the step that was in flight
 
     @property
     def depth(self) -> int:
@@ -91,6 +100,7 @@ class Engine:
             except Exception as e:  # a bug must not kill the worker: the request gets a 500
                 job.emit({"error": f"{type(e).__name__}: {e}"})
             finally:
+                job.finished = True
                 self.running = 0
                 self.completed += 1
 
@@ -106,7 +116,10 @@ class Engine:
         utf8, stops = Utf8Stream(), StopMatcher(p.stop)
         n_generated, finish = 0, None
         for step in steps:
+            self.tokens_generated += 1
             if job.cancelled.is_set():
+                self.cancelled_jobs += 1
+                self.tokens_after_cancel += 1
                 break
             n_generated += 1
             text, stopped = stops.push(utf8.push(m.tokenizer.token_bytes(step.token, render_special=False)))
