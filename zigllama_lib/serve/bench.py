@@ -209,6 +209,19 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(rest[11]) + int(rest[12])) / _CLK_TCK  # fields 14 and 15: utime, stime
 
 
+def source_state() -> dict:
+    """The git commit of the zigllama sources being benchmarked and the tracked files changed since."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "diff", "--name-only", "HEAD"], capture_output=True,
+                                 text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "changed": []}
+    return {"commit": commit or None, "changed": changed}
+
+
 def self_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
@@ -484,7 +497,7 @@ def run(model: str, threads: int, n_ctx: int, clients: list[int], requests: int,
                 specs.append(llama_server_spec(llama_server, gguf, threads, n_ctx, max(clients)))
     result = {"command": command, "model": str(model), "gguf": str(gguf), "model_id": mid, "threads": threads,
               "n_ctx": n_ctx, "clients": clients, "requests_per_client": requests, "max_tokens": max_tokens,
-              "prompts": PROMPTS, "anchor": anchor, "machine": cpu_info(),
+              "prompts": PROMPTS, "anchor": anchor, "machine": cpu_info(), "source": source_state(),
               "load_average_start": os.getloadavg(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "servers": [], "levels": []}
@@ -577,6 +590,11 @@ def format_markdown(result: dict) -> str:
                  f"temperature 0. Machine: {mc['cpu']} ({flags}), {mc['n_cores_available']} cores; "
                  f"{result['date']}. Load average before the run (1/5/15 min): {la[0]:.2f} / {la[1]:.2f} / "
                  f"{la[2]:.2f}.\n")
+    src = result.get("source") or {}
+    if src.get("commit"):
+        parts.append(f"zigllama at commit {src['commit']}" + (f", with uncommitted changes to "
+                                                             f"{', '.join(src['changed'])}" if src["changed"] else "")
+                     + ".\n")
     if result.get("anchor"):
         a = result["anchor"]
         parts.append(f"Anchor: {a['label']}." + (f" BUILD_INFO: {'; '.join(a['build_info'].splitlines())}."
