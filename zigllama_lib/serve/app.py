@@ -32,17 +32,39 @@ MAX_QUEUE = 64                    # generation requests waiting or running; one 
 DISCONNECT_POLL_S = 0.25          # how often a non-streaming request checks that its client is still there
 
 
+class Histogram:
+    """A Prometheus histogram: cumulative bucket counts, sum and count of observed seconds."""
+
+    BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+    def __init__(self, name: str, help_: str):
+        self.name, self.help = name, help_
+        self.buckets = [0] * len(self.BOUNDS)
+        self.sum, self.count = 0.0, 0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(self.BOUNDS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def lines(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        out += [f'{self.name}_bucket{{le="{b}"}} {n}' for b, n in zip(self.BOUNDS, self.buckets)]
+        return out + [f'{self.name}_bucket{{le="+Inf"}} {self.count}', f"{self.name}_sum {self.sum}",
+                      f"{self.name}_count {self.count}"]
+
+
 class Metrics:
-    """Counters for ``GET /metrics`` (Prometheus text exposition format, by hand: a few lines)."""
+    """Counters for ``GET /metrics`` (Prometheus text exposition format, written by hand: a few lines)."""
 
     def __init__(self):
         self.requests: dict[tuple[str, int], int] = {}
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self.latency_sum = 0.0
-        self.latency_count = 0
-        self.ttft_sum = 0.0
-        self.ttft_count = 0
+        self.latency = Histogram("zigllama_request_latency_seconds", "End-to-end latency of generation requests.")
+        self.ttft = Histogram("zigllama_time_to_first_token_seconds", "Time from request to its first token.")
 
     def count(self, path: str, status: int) -> None:
         self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
@@ -52,20 +74,16 @@ class Metrics:
                  "# TYPE zigllama_requests_total counter"]
         lines += [f'zigllama_requests_total{{path="{p}",status="{s}"}} {n}' for (p, s), n in sorted(self.requests.items())]
         for name, kind, value, help_ in (
-                ("prompt_tokens_total", "counter", self.prompt_tokens, "Prompt tokens processed."),
-                ("completion_tokens_total", "counter", self.completion_tokens, "Tokens generated."),
+                ("prompt_tokens_total", "counter", self.prompt_tokens, "Prompt tokens of accepted requests."),
+                ("completion_tokens_total", "counter", self.completion_tokens, "Tokens generated for clients."),
                 ("queue_depth", "gauge", engine.depth, "Generation requests waiting or running."),
                 ("engine_tokens_total", "counter", engine.tokens_generated, "Forward passes the engine finished."),
                 ("cancelled_requests_total", "counter", engine.cancelled_jobs,
                  "Generations stopped early because their client went away."),
                 ("tokens_after_cancel_total", "counter", engine.tokens_after_cancel,
-                 "Tokens computed after a generation was cancelled (at most one per cancelled request)."),
-                ("request_latency_seconds_sum", "counter", self.latency_sum, "End-to-end generation latency, sum."),
-                ("request_latency_seconds_count", "counter", self.latency_count, "Generation requests finished."),
-                ("time_to_first_token_seconds_sum", "counter", self.ttft_sum, "Time to first token, sum."),
-                ("time_to_first_token_seconds_count", "counter", self.ttft_count, "Requests that produced a token.")):
+                 "Tokens computed after a generation was cancelled (at most one per cancelled request).")):
             lines += [f"# HELP zigllama_{name} {help_}", f"# TYPE zigllama_{name} {kind}", f"zigllama_{name} {value}"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + self.latency.lines() + self.ttft.lines()) + "\n"
 
 
 def model_id(name_or_path) -> str:
@@ -262,11 +280,9 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
 
     def finish_metrics(path: str, t0: float, t_first: float | None, usage: dict | None) -> None:
         metrics.count(path, 200)
-        metrics.latency_sum += time.perf_counter() - t0
-        metrics.latency_count += 1
+        metrics.latency.observe(time.perf_counter() - t0)
         if t_first is not None:
-            metrics.ttft_sum += t_first - t0
-            metrics.ttft_count += 1
+            metrics.ttft.observe(t_first - t0)
         if usage:
             metrics.completion_tokens += usage["completion_tokens"]
 
@@ -341,16 +357,22 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
             return StreamingResponse(sse(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+        async def watch_disconnect():
+            """Cancel the job if the client hangs up while it waits for the whole answer."""
+            while not job.finished:
+                if await request.is_disconnected():
+                    job.cancel()
+                    return
+                await asyncio.sleep(DISCONNECT_POLL_S)
+
+        watcher = asyncio.create_task(watch_disconnect())
         text, entries, t_first = [], [], None
         try:
             while True:
-                try:
-                    ev = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        job.cancel()
-                        return PlainTextResponse("", status_code=499)
-                    continue
+                ev = await job.events.get()
+                if ev.get("cancelled"):
+                    metrics.count(path, 499)  # nginx's "client closed request": nobody is listening any more
+                    return PlainTextResponse("", status_code=499)
                 if "error" in ev:
                     raise APIError(500, ev["error"])
                 if ev.get("done"):
@@ -359,6 +381,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
                 text.append(ev["text"])
                 entries += ev["logprobs"]
         finally:
+            watcher.cancel()
             job.cancel()
         finish_metrics(path, t0, t_first, ev["usage"])
         content = "".join(text)

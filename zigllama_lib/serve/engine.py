@@ -95,7 +95,10 @@ class Engine:
         while (job := self._queue.get()) is not None:
             self.running = 1
             try:
-                if not job.cancelled.is_set():
+                if job.cancelled.is_set():  # its client left while it waited: no forward pass at all
+                    self.cancelled_jobs += 1
+                    job.emit({"done": True, "finish_reason": None, "cancelled": True, "usage": None})
+                else:
                     self._run(job)
             except Exception as e:  # a bug must not kill the worker: the request gets a 500
                 job.emit({"error": f"{type(e).__name__}: {e}"})
