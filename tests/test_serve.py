@@ -12,10 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +23,7 @@ from oracles import require_module
 
 from zigllama_lib.inference.generation import GenerationConfig, generate_steps, make_sampler
 from zigllama_lib.models.decoder import numerics_named
+from zigllama_lib.serve.process import ServerProcess
 
 openai = require_module("openai")
 prometheus_parser = require_module("prometheus_client.parser")
@@ -34,73 +31,17 @@ prometheus_parser = require_module("prometheus_client.parser")
 SMOLLM = "smollm2-135m-instruct"
 API_KEY = "sk-zigllama-test"
 N_CTX = 512
-STARTUP_TIMEOUT_S = 240  # model load + Numba cache load/compile on a cold machine
 REQUEST_TIMEOUT_S = 120
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HELLO = [{"role": "user", "content": "Hi! What is the capital of France?"}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ``zigllama serve`` subprocess; ``url`` is its base, ``rss()`` its resident memory."""
-
-    def __init__(self, args: list[str], env: dict):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.devnull, "w")
-        cmd = [sys.executable, "-m", "zigllama_lib.cli", "serve", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.stderr_lines: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if self.proc.poll() is not None:
-                time.sleep(0.2)
-                raise RuntimeError(f"zigllama serve exited with {self.proc.returncode}:\n" + "".join(self.stderr_lines))
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"zigllama serve did not answer /health within {STARTUP_TIMEOUT_S} s:\n"
-                                   + "".join(self.stderr_lines[-30:]))
-            time.sleep(0.5)
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
-
-    def rss(self) -> int:
-        """Resident set size of the server process, bytes."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=15)
-
-
 @pytest.fixture(scope="module")
 def server(gemma_path):
     env = {**os.environ, "ZIGLLAMA_API_KEY": API_KEY}  # the key from the environment, as a user would set it
-    s = Server(["--model", SMOLLM, "--model", str(gemma_path), "--n-ctx", str(N_CTX), "--threads", "2",
-                "--max-body-bytes", str(1024 * 1024)], env)
-    yield s
-    s.stop()
+    with ServerProcess.zigllama(["--model", SMOLLM, "--model", str(gemma_path), "--n-ctx", str(N_CTX),
+                                 "--threads", "2", "--max-body-bytes", str(1024 * 1024)], env=env) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
