@@ -55,13 +55,20 @@ def _cmd_chat(args) -> int:
                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _cmd_serve(args) -> int:
     import os
+    import signal
+    import threading
 
     import uvicorn
 
     from .inference.engine import load
     from .serve.app import create_app, model_id
+    from .serve.engine import Engine
 
     api_key = args.api_key or os.environ.get("ZIGLLAMA_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
@@ -76,10 +83,27 @@ def _cmd_serve(args) -> int:
         model.generate_ids(model.tokenizer.encode("Hi"), max_tokens=1, temperature=0.0).__next__()  # compile/warm up
         models[name] = model
         print(f"zigllama serve: {name}: {model}", file=sys.stderr)
-    app = create_app(models, api_key=api_key, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue)
+    engine = Engine()
+    app = create_app(models, api_key=api_key, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
+                     engine=engine)
+    http = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                         timeout_graceful_shutdown=5))
+    # uvicorn's event loop on a thread, every forward pass on this one (the thread that loaded the models and
+    # ran the warm-up: see serve.engine.Engine); SIGTERM stops both as Ctrl-C does.
+    http_thread = threading.Thread(target=http.run, name="zigllama-http", daemon=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    http_thread.start()
     print(f"zigllama serve: http://{args.host}:{args.port}/v1 ({'API key required' if api_key else 'no API key'})",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    try:
+        engine.run(keep_going=http_thread.is_alive)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        http.should_exit = True
+        http_thread.join(timeout=10)
+    if not http.started:
+        raise ZigLlamaError(f"could not serve on {args.host}:{args.port} (is the port in use?)")
     return 0
 
 

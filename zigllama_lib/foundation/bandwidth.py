@@ -37,7 +37,7 @@ MIB = 1 << 20
 CHUNK = 1 << 16  # float32 values per work item of the streaming kernel (256 KiB)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def _sum_stream(a, partial):
     """``partial[c] = sum(a[c*CHUNK : (c+1)*CHUNK])``: one read of ``a (n,) float32``, chunk by chunk."""
     n_chunks = partial.shape[0]
@@ -51,7 +51,7 @@ def _sum_stream(a, partial):
         partial[c] = s
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def _dot_repeat(x, y, n_repeat, n_jobs, out):
     """``out[j] = sum over n_repeat of dot(x, y)`` for ``n_jobs`` independent jobs (one per thread)."""
     n = x.shape[0]
@@ -65,7 +65,7 @@ def _dot_repeat(x, y, n_repeat, n_jobs, out):
         out[j] = total
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _empty_region(out):
     """One parallel region that does (almost) nothing: ``out[i] = i``."""
     for i in prange(out.shape[0]):

@@ -115,7 +115,7 @@ def dequant_row(code, row, lut, out):
         ff.row_f32(row, out)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def dequant_rows_kernel(code, rows, lut, out):
     """``rows: (n, row_bytes) uint8 -> out: (n, n_cols) float32``, parallel over rows."""
     for r in prange(rows.shape[0]):

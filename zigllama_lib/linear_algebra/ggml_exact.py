@@ -97,7 +97,7 @@ def fma_f32(typingctx, a, b, c):
     return sig, codegen
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def fma_f32_array(a, b, c, out):
     """Elementwise :func:`fma_f32` of float32 arrays (to test it against :func:`fma32`)."""
     for j in range(a.size):
@@ -136,7 +136,7 @@ def _row_dot(wq, wd, wm, r, xq, xd, xs, t, with_min, acc):
     return s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _mm_kernel(wq, wd, wm, xq, xd, xs, with_min, out):
     n_out = wq.shape[0]
     n_tok = xq.shape[0]
@@ -146,7 +146,7 @@ def _mm_kernel(wq, wd, wm, xq, xd, xs, with_min, out):
             out[t, r] = _row_dot(wq, wd, wm, r, xq, xd, xs, t, with_min, acc)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _mm_kernel_serial(wq, wd, wm, xq, xd, xs, with_min, out):
     n_out = wq.shape[0]
     n_tok = xq.shape[0]

@@ -714,7 +714,7 @@ def _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out):
 ROW_TILE = 16  # prefill: weight rows that share one pass over a group of tokens' activations
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _mm_parallel(raw, kind, xq, xd, xs, out):
     """``out (1, n_out)``: every row of ``raw`` times one token (decode), rows split between threads,
     a few rows prefetched ahead."""
@@ -726,7 +726,7 @@ def _mm_parallel(raw, kind, xq, xd, xs, out):
         _row_times_tokens(w0, row_stride, r, kind, xq, xd, xs, out)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _mm_tiles_parallel(raw, kind, xq, xd, xs, out):
     """``out (n_tok, n_out)``: every row of ``raw`` times every token of a batch (prefill).
 
@@ -749,7 +749,7 @@ def _mm_tiles_parallel(raw, kind, xq, xd, xs, out):
             t += step
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _mm_serial(raw, kind, xq, xd, xs, out):
     w0, row_stride = raw.ctypes.data, raw.strides[0]
     for r in range(raw.shape[0]):

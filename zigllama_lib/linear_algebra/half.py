@@ -46,14 +46,14 @@ def to_f16(v):
     return f16_bits_to_f32(f32_to_f16_bits(v))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def to_f16_array(x, out):
     """Elementwise :func:`to_f16` of a float32 array (for tests)."""
     for i in range(x.size):
         out[i] = to_f16(x[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _f32_to_f16_bits_kernel(x, out_bits):
     for i in range(x.size):
         out_bits[i] = f32_to_f16_bits(x[i])

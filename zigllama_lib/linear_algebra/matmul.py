@@ -264,7 +264,7 @@ def _dot4(w, r0, r1, r2, r3, xt, n):
     return a0, a1, a2, a3
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def mm_float_kernel(code, raw, lut, x, out):
     """``out (n_tok, n_out) = x (n_tok, n_in) @ dequant(raw (n_out, row_bytes)).T``, float32."""
     n_out = raw.shape[0]
@@ -311,7 +311,7 @@ def lanes_for(n_groups: int, group: int) -> int:
     return k
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def repack_legacy_kernel(code, raw, lut, wT, wd, wm):
     """raw (n_out, row_bytes) -> wT (n_out, 32/K, nb*K) int8, wd / wm (n_out, nb) float32."""
     n_out, J, L = wT.shape
@@ -325,7 +325,7 @@ def repack_legacy_kernel(code, raw, lut, wT, wd, wm):
                 wT[r, j // K, b * K + j % K] = wq[b * 32 + j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def repack_K_kernel(code, raw, lut, wT, wsc, wmn, wd, wdm):
     """raw -> wT (n_out, 16/K, ng*K) int8, wsc / wmn (n_out, ng) int32, wd / wdm (n_out, nbk) float32."""
     n_out, J, L = wT.shape
@@ -355,7 +355,7 @@ def _group_sums(wT, xT, S4, S):
         S[b] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def mm_q8_legacy_kernel(code, wT, wd, wm, xT, xd, xs, out):
     """Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights (packed) x Q8_0/Q8_1 activations.
 
@@ -387,7 +387,7 @@ def mm_q8_legacy_kernel(code, wT, wd, wm, xT, xd, xs, out):
                 out[t, r] = sumf
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def mm_q8_K_kernel(wT, wsc, wmn, wd, wdm, xT, xd, bsums, out):
     """Q2_K..Q6_K weights (packed) x Q8_K activations.
 
@@ -441,7 +441,7 @@ def _group_sums_f(wT, xT, S4, S):
         S[b] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def mm_float_packed_legacy_kernel(wT, wd, wm, xT, xsum, out):
     """Legacy weights (q8 planes) x float activations in lane layout; xsum (n_tok, nb) block sums of x."""
     n_out, _, L = wT.shape
@@ -460,7 +460,7 @@ def mm_float_packed_legacy_kernel(wT, wd, wm, xT, xsum, out):
                 out[t, r] = acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def mm_float_packed_K_kernel(wT, wsc, wmn, wd, wdm, xT, xsum, out):
     """K-quant weights (q8 planes) x float activations in lane layout; xsum (n_tok, ng) group sums of x."""
     n_out, _, L = wT.shape
@@ -488,7 +488,7 @@ def mm_float_packed_K_kernel(wT, wsc, wmn, wd, wdm, xT, xsum, out):
 # over the whole row (legacy) or super-block (K-quants, whose float32 d_x is applied
 # per super-block). The mathematical value is ggml's formula's; only the float32
 # rounding order differs (as it does between ggml's own generic, AVX2 and sgemm code).
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def q8_dequant_T(xT, xd):
     """``xT (n_tok, G, n_groups) int8`` (K = 1 lane layout), ``xd (n_tok, n_groups)`` ->
     ``(n_tok, n_groups * G) float32`` with value j of group b = ``xd[b] * xT[j, b]``."""
@@ -517,7 +517,7 @@ def _dot4_range(w, r0, r1, r2, r3, xt, lo, hi):
     return a0, a1, a2, a3
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def mm_q8_prefill_legacy_kernel(code, raw, lut, xdeq, xs, out):
     """Legacy weights x Q8_0/Q8_1 activations, many tokens: ``sum_i (d_w q_w)_i (d_x q_x)_i + sum_b m_b s_b``.
 
@@ -551,7 +551,7 @@ def mm_q8_prefill_legacy_kernel(code, raw, lut, xdeq, xs, out):
                         out[t, r_lo + k + i] = a[i] + m
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def mm_q8_prefill_K_kernel(code, raw, lut, xqf, xd, bsums, out):
     """K-quant weights x Q8_K activations, many tokens: per super-block
     ``d_x * sum_i (d_w sc_g q_w)_i q_x,i - (dmin_w d_x) * sum_g mn_g bsums_g``.

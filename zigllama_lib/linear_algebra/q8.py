@@ -174,7 +174,7 @@ def _roundf(v):
     return -a if v < 0 else a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def round_f16(v):
     """float32 ``v`` rounded to the nearest float16 (ties to even, overflow to inf), as float32.
 
@@ -222,7 +222,7 @@ def _q8_32_token(x, t, x86, with_sum, K, xT, xd, xs):
             xs[t, ib] = to_f16(np.float32(s) * d)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _q8_32_T_serial(x, x86, with_sum, K):
     n_tok, n = x.shape
     xT = np.empty((n_tok, 32 // K, n // 32 * K), np.int8)
@@ -233,7 +233,7 @@ def _q8_32_T_serial(x, x86, with_sum, K):
     return xT, xd, xs
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _q8_32_T_parallel(x, x86, with_sum, K):
     n_tok, n = x.shape
     xT = np.empty((n_tok, 32 // K, n // 32 * K), np.int8)
@@ -277,7 +277,7 @@ def _q8_K_token(x, t, K, xT, xd, bsums):
         xd[t, ib] = np.float32(1) / iscale
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _q8_K_T_serial(x, K):
     n_tok, n = x.shape
     xT = np.zeros((n_tok, 16 // K, n // 16 * K), np.int8)
@@ -288,7 +288,7 @@ def _q8_K_T_serial(x, K):
     return xT, xd, bsums
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _q8_K_T_parallel(x, K):
     n_tok, n = x.shape
     xT = np.zeros((n_tok, 16 // K, n // 16 * K), np.int8)

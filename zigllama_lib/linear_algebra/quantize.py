@@ -212,7 +212,7 @@ def roundf_scalar(v):
     return -a if v < 0 else a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_q8_0(x, out):
     for ib in range(x.shape[0] // QK):
         xo, o = ib * QK, ib * 34
@@ -249,7 +249,7 @@ def min_max_block(x, xo):
     return lo, hi
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_symmetric(x, out, bits):
     """Q4_0 (``bits = 4``) or Q5_0 (``bits = 5``): d = M / -2^(bits-1), w = d (q - 2^(bits-1))."""
     half_range = np.float32(1 << (bits - 1))  # 8 or 16
@@ -272,7 +272,7 @@ def row_symmetric(x, out, bits):
             put_u32(out, o + 2, qh)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_asymmetric(x, out, bits):
     """Q4_1 (``bits = 4``) or Q5_1 (``bits = 5``): d = (hi - lo) / (2^bits - 1), m = lo, w = d q + m."""
     qmax = (1 << bits) - 1
@@ -298,7 +298,7 @@ def row_asymmetric(x, out, bits):
             put_u32(out, o + 4, qh)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_bf16(x, out):
     """ggml's ``ggml_compute_fp32_to_bf16``: round the float32 bits to their top 16, nearest even."""
     u = x.view(np.uint32)
@@ -343,7 +343,7 @@ def clamp(v, lo, hi):
     return max(lo, min(hi, v))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def make_qkx2_quants(x, weights, L, Laux, nmax, rmin, rdelta, nstep):
     """Fit ``x (n,) ~ scale * L - min`` with ``L`` in 0..nmax, minimising sum w (error)^2 (ggml, use_mad=false).
 
@@ -405,7 +405,7 @@ def make_qkx2_quants(x, weights, L, Laux, nmax, rmin, rdelta, nstep):
     return scale, -fmin
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def make_qx_quants(x, L, nmax):
     """Symmetric fit ``x (n,) ~ scale * (L - nmax)``, ``L`` in 0..2 nmax - 1, weights ``x^2`` (ggml, rmse_type=1).
 
@@ -468,7 +468,7 @@ def put_scale_min_k4(out, o, j, ls, lm):
         out[o + j] |= (lm >> 4) << 6
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_q4_K(x, out):
     L = np.empty(QK_K, np.uint8)  # quants of the super-block, 0..15
     Laux = np.empty(32, np.uint8)
@@ -517,7 +517,7 @@ def row_q4_K(x, out):
                 out[o + 16 + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_q6_K(x, out):
     L = np.empty(QK_K, np.uint8)  # quants of the super-block, 0..63
     scales = np.empty(16, np.float32)
@@ -556,49 +556,49 @@ def row_q6_K(x, out):
 
 # One kernel per type, parallel over rows: x (n_rows, n_cols) float32 -> out (n_rows, row_bytes) uint8.
 # (Separate kernels: a notebook compiles only the types it uses.)
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def quantize_rows_q4_0(x, out):
     for r in prange(x.shape[0]):
         row_symmetric(x[r], out[r], 4)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def quantize_rows_q5_0(x, out):
     for r in prange(x.shape[0]):
         row_symmetric(x[r], out[r], 5)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def quantize_rows_q4_1(x, out):
     for r in prange(x.shape[0]):
         row_asymmetric(x[r], out[r], 4)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def quantize_rows_q5_1(x, out):
     for r in prange(x.shape[0]):
         row_asymmetric(x[r], out[r], 5)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def quantize_rows_q8_0(x, out):
     for r in prange(x.shape[0]):
         row_q8_0(x[r], out[r])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def quantize_rows_q4_K(x, out):
     for r in prange(x.shape[0]):
         row_q4_K(x[r], out[r])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def quantize_rows_q6_K(x, out):
     for r in prange(x.shape[0]):
         row_q6_K(x[r], out[r])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def quantize_rows_bf16(x, out):
     for r in prange(x.shape[0]):
         row_bf16(x[r], out[r])

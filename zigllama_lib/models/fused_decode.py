@@ -89,7 +89,7 @@ def _rows(addr, stride, kind, r0, r1, xa, xda, xsa, nb, out):
         dot_any(kind, 1, addr + r * stride, xa, 0, xda, 0, xsa, 0, nb, oa + 4 * r, 0)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _matvec(addr, stride, kind, n_out, xq, xd, xs, out):
     """``out[r] = W[r] . x`` for the ``n_out`` GGUF rows at ``addr`` (llama.cpp's vec_dot, in SIMD)."""
     nb = xd.shape[0]
@@ -98,7 +98,7 @@ def _matvec(addr, stride, kind, n_out, xq, xd, xs, out):
         _rows(addr, stride, kind, job * JOB_ROWS, min(n_out, (job + 1) * JOB_ROWS), xa, xda, xsa, nb, out)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _qkv(a, st, kinds, dq, dkv, xq, xd, xs, q, k, v):
     """q, k and v from one quantised x in one parallel region (jobs of rows of the three matrices)."""
     nb = xd.shape[0]
@@ -116,7 +116,7 @@ def _qkv(a, st, kinds, dq, dkv, xq, xd, xs, q, k, v):
             _rows(a[WV], st[WV], kinds[WV], r0, min(dkv, r0 + JOB_ROWS), xa, xda, xsa, nb, v)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _gate_up_act(a, st, kinds, d_ff, xq, xd, xs, gelu, gelu_table, hidden):
     """``hidden[r] = act(gate_r . x) * (up_r . x)`` in one parallel region, element ``r`` right after
     its two dots: ggml_vec_swiglu_f32's (v_silu in the chunks of 8, the libm silu in the tail) or,
@@ -198,7 +198,7 @@ def _f16_dot_reduce(acc):
     return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _attend_head(q, h, kc, vc, kvh, n_kv, first, scale, out):
     """Decode attention of head ``h`` (llama.cpp's non-flash path, see attention_ggml) over cells
     ``first .. n_kv - 1`` (``first > 0``: a sliding window; the cells before it are masked, which
@@ -262,14 +262,14 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, first, scale, out):
         out[h * d_v + j] = np.float32(np.float64(_f16_dot_reduce(col)))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _attention(q, kc, vc, n_head, n_kv_head, n_kv, first, scale, out):
     group = n_head // n_kv_head
     for h in prange(n_head):
         _attend_head(q, h, kc, vc, h // group, n_kv, first, scale, out)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _decode_layers(h, pos, addr, stride, kind, n_rows, attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm,
                    post_ffn_norm, eps, k_cache, v_cache, n_head, n_kv_head, head_dim, n_rot, neox, theta_scale,
                    freq_scale, q_scale, scale, window, gelu, gelu_table):

@@ -106,7 +106,7 @@ def _silu_scalar(x):
     return x / (_F(1.0) + _F(math.exp(-x)))  # ggml_silu_f32: libm expf
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _expf_kernel(x, out):
     tmp_f = np.empty(1, np.float32)
     tmp_u = tmp_f.view(np.uint32)
@@ -114,7 +114,7 @@ def _expf_kernel(x, out):
         out[i] = _v_expf(x[i], tmp_f, tmp_u)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _swiglu_kernel(x, g, out, with_g):
     rows, n = x.shape
     n8 = n - n % 8
@@ -168,7 +168,7 @@ GELU_COEF_A = np.float32(0.044715)
 SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gelu_table():
     """``ggml_table_gelu_f16``: float16 bits of GELU at every float16 bit pattern ``i``."""
     out = np.empty(65536, np.uint16)
@@ -193,13 +193,13 @@ def geglu_scalar(x, g, table):
     return f16_bits_to_f32(table[f32_to_f16_bits(x)]) * g
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _geglu_kernel(x, g, table, out):
     for i in range(x.shape[0]):
         out[i] = geglu_scalar(x[i], g[i], table)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _geglu_kernel_parallel(x, g, table, out):
     for i in prange(x.shape[0]):
         out[i] = geglu_scalar(x[i], g[i], table)
@@ -230,13 +230,13 @@ def _rms_norm_row(x, r, eps, out):
         out[r, i] = x[r, i] * scale
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rms_norm_kernel(x, eps, out):
     for r in range(x.shape[0]):
         _rms_norm_row(x, r, eps, out)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _rms_norm_kernel_parallel(x, eps, out):
     for r in prange(x.shape[0]):
         _rms_norm_row(x, r, eps, out)
@@ -251,13 +251,13 @@ def _rms_norm_weighted_row(x, r, eps, weight, out):
         out[r, i] = out[r, i] * weight[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rms_norm_weighted_kernel(x, eps, weight, out):
     for r in range(x.shape[0]):
         _rms_norm_weighted_row(x, r, eps, weight, out)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _rms_norm_weighted_kernel_parallel(x, eps, weight, out):
     for r in prange(x.shape[0]):
         _rms_norm_weighted_row(x, r, eps, weight, out)
@@ -280,7 +280,7 @@ def rms_norm_ggml(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.nd
     return out.reshape(x.shape)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rope_cache(pos, half, theta_scale, freq_scale, cos_out, sin_out):
     for t in range(pos.shape[0]):
         theta = np.float32(pos[t])
@@ -291,14 +291,14 @@ def _rope_cache(pos, half, theta_scale, freq_scale, cos_out, sin_out):
             theta = theta * theta_scale
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _rope_cache_parallel(pos, half, theta_scale, freq_scale, cos_out, sin_out):
     """:func:`_rope_cache` with the positions shared out among threads (the same bits per row)."""
     for t in prange(pos.shape[0]):
         _rope_cache(pos[t:t + 1], half, theta_scale, freq_scale, cos_out[t:t + 1], sin_out[t:t + 1])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _rope_kernel(x, cos_c, sin_c, n_rot, neox, out):
     n_tok, n_head, d = x.shape
     half = n_rot // 2

@@ -46,7 +46,7 @@ def rope_angles(positions: np.ndarray, n_rot: int, base: float, freq_scale: floa
     return theta
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _cos_sin_kernel(theta, cos_out, sin_out):
     for i in range(theta.shape[0]):
         t = np.float64(theta[i])

@@ -98,18 +98,23 @@ def _error_response(e: APIError) -> JSONResponse:
 
 
 def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               max_queue: int = MAX_QUEUE) -> FastAPI:
+               max_queue: int = MAX_QUEUE, engine: Engine | None = None) -> FastAPI:
     """The server for ``models`` (``{model id: LanguageModel}``, the first is the default for
     /tokenize); with ``api_key``, every route but /health needs ``Authorization: Bearer <key>``.
-    More than ``max_queue`` generation requests at once get a 503 (with ``Retry-After``)."""
+    More than ``max_queue`` generation requests at once get a 503 (with ``Retry-After``).
+    Without ``engine`` the app runs its own on a thread while it is up; with one, the caller
+    runs it (``engine.run()``)."""
     if not models:
         raise ValueError("create_app needs at least one model")
-    engine, metrics = Engine(), Metrics()
+    own_engine = engine is None
+    engine, metrics = engine or Engine(), Metrics()
 
     async def lifespan(app):
-        engine.start()
+        if own_engine:
+            engine.start()
         yield
-        engine.stop()
+        if own_engine:
+            engine.stop()
 
     app = FastAPI(title="zigllama", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.metrics = engine, metrics

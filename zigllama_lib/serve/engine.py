@@ -8,7 +8,8 @@
 
 The event loop never runs a forward pass: it only moves events. The queue is FIFO, which is fair
 for one-at-a-time serving; continuous batching (the layer 6 issue) replaces :meth:`Engine._run`
-with a scheduler that advances many jobs per step and keeps this interface.
+with a scheduler that advances many jobs per step and keeps this interface. ``zigllama serve``
+runs the engine on its main thread (:meth:`Engine.run`) and uvicorn's event loop on another.
 """
 
 from __future__ import annotations
@@ -64,9 +65,15 @@ def token_logprob_entry(tokenizer, logits, token: int, n_top: int) -> dict:
 
 
 class Engine:
+    """The generation worker. ``start()`` runs it on a thread of its own; ``run()`` on the calling
+    thread (what ``zigllama serve`` does with its main thread, the one that loaded the models:
+    with Numba's OpenMP layer each thread that launches parallel kernels gets a worker team of
+    its own, and two teams spin against each other on the same cores -- measured on 2 cores,
+    decode fell from 144 to 108 tok/s on a second thread and to 1 tok/s back on the first)."""
+
     def __init__(self):
         self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="zigllama-engine", daemon=True)
+        self._thread: threading.Thread | None = None
         self.running = 0
         self.completed = 0
         self.tokens_generated = 0     # over all jobs
@@ -80,32 +87,49 @@ class Engine:
         return self._queue.qsize() + self.running
 
     def start(self) -> None:
+        """Run the worker on a new daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="zigllama-engine", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Finish the job at hand, then stop (joins the worker thread if :meth:`start` made one)."""
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def run(self, keep_going=lambda: True, poll_s: float = 0.5) -> None:
+        """The worker loop on this thread, until :meth:`stop` or ``keep_going()`` turns false
+        (asked every ``poll_s`` seconds while idle)."""
+        while True:
+            try:
+                job = self._queue.get(timeout=poll_s)
+            except queue.Empty:
+                if not keep_going():
+                    return
+                continue
+            if job is None:
+                return
+            self._serve(job)
 
     def submit(self, model, prompt_ids: list[int], params: GenParams, loop) -> Job:
         job = Job(model, list(prompt_ids), params, loop)
         self._queue.put(job)
         return job
 
-    def _loop(self) -> None:
-        while (job := self._queue.get()) is not None:
-            self.running = 1
-            try:
-                if job.cancelled.is_set():  # its client left while it waited: no forward pass at all
-                    self.cancelled_jobs += 1
-                    job.emit({"done": True, "finish_reason": None, "cancelled": True, "usage": None})
-                else:
-                    self._run(job)
-            except Exception as e:  # a bug must not kill the worker: the request gets a 500
-                job.emit({"error": f"{type(e).__name__}: {e}"})
-            finally:
-                job.finished = True
-                self.running = 0
-                self.completed += 1
+    def _serve(self, job: Job) -> None:
+        self.running = 1
+        try:
+            if job.cancelled.is_set():  # its client left while it waited: no forward pass at all
+                self.cancelled_jobs += 1
+                job.emit({"done": True, "finish_reason": None, "cancelled": True, "usage": None})
+            else:
+                self._run(job)
+        except Exception as e:  # a bug must not kill the worker: the request gets a 500
+            job.emit({"error": f"{type(e).__name__}: {e}"})
+        finally:
+            job.finished = True
+            self.running = 0
+            self.completed += 1
 
     def _run(self, job: Job) -> None:
         m, p = job.model, job.params

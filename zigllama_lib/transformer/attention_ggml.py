@@ -115,7 +115,7 @@ def _balanced_token(i, n_tok):
     return i // 2 if i % 2 == 0 else n_tok - 1 - i // 2
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _attention_kernel(q, k, vt, n_past, scale, n_cols, decode, window, out):
     """q (n_tok, n_head, d) f32, rounded here to f16 as KQ's src1 is; k (n_cols, n_kv_head, d) f32 (f16 values, zero padded);
     vt (n_kv_head, d_v, n_cols) f32; out (n_tok, n_head, d_v). ``window > 0``: cells more than
