@@ -1,4 +1,4 @@
-"""The ``zigllama`` command: generate, chat, serve, pull, inspect, bench, profile, parity.
+"""The ``zigllama`` command: generate, chat, serve, bench-serve, pull, inspect, bench, profile, parity.
 
     zigllama generate "The capital of France is"          # default model, greedy
     zigllama generate "Once upon a time" --temperature 0.8 --top-p 0.95 --seed 1
@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="generation requests queued or running at once; more get a 503 (default: 64)")
     sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_cmd_serve)
+
+    from .serve import bench as serve_bench
+
+    serve_bench.add_parser(sub)  # zigllama bench-serve: our server vs llama-server under concurrent load
 
     p = sub.add_parser("pull", help="fetch a registry model into the cache")
     p.add_argument("name", choices=sorted(REGISTRY))

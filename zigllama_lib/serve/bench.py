@@ -37,11 +37,8 @@ import datetime
 import json
 import os
 import shlex
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +47,7 @@ import numpy as np
 
 from ..foundation.errors import ZigLlamaError
 from ..foundation.threads import available_cores
+from .process import ServerProcess, free_port
 
 STARTUP_TIMEOUT_S = 300.0     # a server not answering /health with 200 by then is a failure
 REQUEST_TIMEOUT_S = 300.0     # one request, connect to [DONE]
@@ -228,13 +226,6 @@ def self_cpu_s() -> float:
 
 
 # -- servers --------------------------------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class ServerSpec:
     """How to start one server: ``argv`` with ``{port}`` where the port goes."""
@@ -247,88 +238,14 @@ class ServerSpec:
         return [a.replace("{port}", str(port)) for a in self.argv]
 
 
-class ServerProcess:
-    """A server subprocess: started on a free port, ready once ``health_path`` answers 200; its
-    stderr and stdout go to a temporary file whose tail is quoted if it fails. Use as a context
-    manager: leaving it always stops the server (SIGTERM to its process group, SIGKILL after 10 s)."""
+class BenchServer(ServerProcess):
+    """A :class:`.process.ServerProcess` started from a :class:`ServerSpec` on a free port."""
 
     def __init__(self, spec: ServerSpec, startup_timeout: float = STARTUP_TIMEOUT_S):
-        self.spec, self.startup_timeout = spec, startup_timeout
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="zigllama-bench-serve-", suffix=".log", delete=False)
-        self.proc: subprocess.Popen | None = None
-        self.startup_s: float | None = None
-        self.keep_log = False  # set when something failed: the log then outlives the server
-
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def log_tail(self, n_lines: int = 25) -> str:
-        try:
-            text = Path(self.log.name).read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-n_lines:])
-
-    def start(self) -> None:
-        import httpx
-
-        cmd = self.spec.command(self.port)
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = t0 + self.startup_timeout
-        with httpx.Client(timeout=5.0) as client:
-            while True:
-                if self.proc.poll() is not None:
-                    self.keep_log = True
-                    raise ServeBenchError(
-                        f"{self.spec.label} exited with status {self.proc.returncode} before becoming ready.\n"
-                        f"command: {shlex.join(cmd)}\nlast lines of its output ({self.log.name}):\n"
-                        f"{self.log_tail()}")
-                try:
-                    if client.get(self.base_url + self.spec.health_path).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.perf_counter() > deadline:
-                    self.keep_log = True
-                    self.stop()
-                    raise ServeBenchError(
-                        f"{self.spec.label} did not answer GET {self.spec.health_path} with 200 within "
-                        f"{self.startup_timeout:.0f} s.\ncommand: {shlex.join(cmd)}\nlast lines of its output "
-                        f"({self.log.name}):\n{self.log_tail()}")
-                time.sleep(0.25)
-        self.startup_s = time.perf_counter() - t0
-
-    def stop(self) -> None:
-        p = self.proc
-        if p is not None and p.poll() is None:
-            for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, sig)
-                try:
-                    p.wait(wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self.log.close()
-        if not self.keep_log:
-            with contextlib.suppress(OSError):
-                os.unlink(self.log.name)
+        port = free_port()
+        super().__init__(spec.command(port), port, name=spec.label, startup_timeout=startup_timeout,
+                         health_path=spec.health_path)
+        self.spec, self.base_url = spec, self.url
 
 
 def ours_spec(model: str, threads: int, n_ctx: int) -> ServerSpec:
@@ -505,15 +422,14 @@ def run(model: str, threads: int, n_ctx: int, clients: list[int], requests: int,
         servers = []
         for spec in specs:
             log(f"bench-serve: starting {spec.label}", file=sys.stderr)
-            srv = stack.enter_context(ServerProcess(spec, startup_timeout))
+            srv = stack.enter_context(BenchServer(spec, startup_timeout))
             servers.append(srv)
             result["servers"].append({"label": spec.label, "command": shlex.join(spec.command(srv.port)),
                                       "startup_s": srv.startup_s, "slots": spec.slots})
             warm, _ = asyncio.run(run_level(srv.base_url, mid, 1, 1, max_tokens, request_timeout))  # untimed
             if not warm[0].ok:
-                srv.keep_log = True
                 raise ServeBenchError(f"{spec.label}: the warm-up request failed: {warm[0].error}\n"
-                                      f"last lines of its output:\n{srv.log_tail()}")
+                                      f"last lines of its stderr:\n{srv.stderr()}")
         for i, n_clients in enumerate(clients):
             order = servers if i % 2 == 0 else servers[::-1]  # alternate who goes first
             for srv in order:
@@ -536,9 +452,8 @@ def run(model: str, threads: int, n_ctx: int, clients: list[int], requests: int,
                                records=[_record_json(r) for r in records])
                 result["levels"].append(summary)
                 if summary["failures"]:
-                    srv.keep_log = True
-                    log(f"bench-serve: {summary['failures']} failed: {summary['errors']}; the server's output is "
-                        f"in {srv.log.name}", file=sys.stderr)
+                    log(f"bench-serve: {summary['failures']} failed: {summary['errors']}; the server's last "
+                        f"stderr lines:\n{srv.stderr()}", file=sys.stderr)
     return result
 
 

@@ -10,6 +10,9 @@ its caller. Any command works (llama.cpp's ``llama-server`` too), as long as it 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +44,7 @@ class ServerProcess:
         self.env, self.startup_timeout, self.health_path = env, startup_timeout, health_path
         self.proc: subprocess.Popen | None = None
         self.stderr_tail: deque[str] = deque(maxlen=40)
+        self.startup_s: float | None = None  # seconds from the start to the first 200 on health_path
 
     @classmethod
     def zigllama(cls, serve_args: list[str], port: int | None = None, env: dict | None = None,
@@ -50,11 +54,18 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "zigllama_lib.cli", "serve", "--port", str(port), *serve_args]
         return cls(cmd, port, name="zigllama serve", env=env, startup_timeout=startup_timeout)
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
     def start(self) -> "ServerProcess":
+        """Start the process (in a session of its own, so that :meth:`stop` reaches its children
+        too) and wait for ``health_path``."""
+        t0 = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, errors="replace")
+                                     stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
-        deadline = time.monotonic() + self.startup_timeout
+        deadline = t0 + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
                 time.sleep(0.2)  # let the drain thread read the last lines
@@ -62,6 +73,7 @@ class ServerProcess:
                                     f"{self.health_path}:\n{self.stderr()}")
             try:
                 if httpx.get(self.url + self.health_path, timeout=2.0).status_code == 200:
+                    self.startup_s = time.monotonic() - t0
                     return self
             except httpx.HTTPError:
                 pass
@@ -88,18 +100,26 @@ class ServerProcess:
         raise ZigLlamaError(f"no VmRSS for process {self.proc.pid}")
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        """SIGTERM to the process group, then SIGKILL after ``timeout`` seconds."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=timeout)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
     def __enter__(self) -> "ServerProcess":
-        return self.start() if self.proc is None else self
+        if self.proc is None:
+            try:
+                self.start()
+            except BaseException:
+                self.stop()
+                raise
+        return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
