@@ -579,18 +579,6 @@ def reproducing_command(args, threads: int, llama_server: str) -> str:
     return shlex.join(cmd)
 
 
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
-
-
 def cmd_bench_serve(args) -> int:
     threads = args.threads or available_cores()
     clients = parse_clients(args.clients)
@@ -614,6 +602,7 @@ def cmd_bench_serve(args) -> int:
 
 def add_parser(subparsers):
     """Define ``bench-serve`` on an argparse ``subparsers`` object; returns the subparser."""
+    from ..cli import _positive_int as _positive  # the CLI's argparse type; cli is loaded when it calls us
     from ..models.registry import REGISTRY
 
     p = subparsers.add_parser("bench-serve", help="our HTTP server vs llama.cpp's llama-server under concurrent "

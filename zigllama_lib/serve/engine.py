@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 
 from ..inference.generation import GenerationConfig, generate_steps, make_sampler
@@ -36,12 +35,9 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    cancel_time: float | None = None   # perf_counter() of the first cancel()
     finished: bool = False             # the worker is done with this job
 
     def cancel(self) -> None:
-        if self.cancel_time is None:
-            self.cancel_time = time.perf_counter()
         self.cancelled.set()
 
     def emit(self, event: dict) -> None:
@@ -68,14 +64,13 @@ class Engine:
     """The generation worker. ``start()`` runs it on a thread of its own; ``run()`` on the calling
     thread (what ``zigllama serve`` does with its main thread, the one that loaded the models:
     with Numba's OpenMP layer each thread that launches parallel kernels gets a worker team of
-    its own, and two teams spin against each other on the same cores -- measured on 2 cores,
-    decode fell from 144 to 108 tok/s on a second thread and to 1 tok/s back on the first)."""
+    its own, and two teams spin against each other on the same cores: on 2 cores, decode on a
+    second thread was slower, and back on the first thread it slowed to a crawl)."""
 
     def __init__(self):
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.running = 0
-        self.completed = 0
         self.tokens_generated = 0     # over all jobs
         self.cancelled_jobs = 0       # jobs stopped early because their client left
         self.tokens_after_cancel = 0  # tokens whose forward pass finished after their job's cancel(): at most
@@ -129,7 +124,6 @@ class Engine:
         finally:
             job.finished = True
             self.running = 0
-            self.completed += 1
 
     def _run(self, job: Job) -> None:
         m, p = job.model, job.params
