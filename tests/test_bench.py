@@ -228,3 +228,12 @@ def test_cli_writes_json_and_markdown_headed_by_a_reproducing_command(smollm_pat
     assert (args.n_prompt, args.n_decode, args.reps, args.threads, args.numerics) == (8, 2, 1, 1, "float")
     assert (res["n_prompt"], res["n_decode"], res["reps"], res["n_threads"], res["numerics"]) == (8, 2, 1, 1, "float")
     assert TOP_FIELDS <= set(res)
+
+
+def test_a_child_killed_by_sigill_is_named_with_its_likely_cause():
+    # The child really dies of SIGILL (as a -march=native llama.cpp does on a VM that hides AMX state).
+    from zigllama_lib.inference import bench as bench_module
+
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGILL)"
+    with pytest.raises(bench_module.BenchError, match=r"exit -4, SIGILL: .*GGML_AMX_INT8=OFF"):
+        bench_module._run_child(code, timeout=60)

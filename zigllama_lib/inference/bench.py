@@ -253,13 +253,31 @@ print(json.dumps({"load_s": load_s, "prefill_s": prefill, "decode_s": decode,
 """
 
 
+def _signal_hint(returncode: int) -> str:
+    """What a child's negative exit code means; SIGILL gets the cause we have seen."""
+    if returncode >= 0:
+        return ""
+    import signal
+
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return ", killed by signal %d" % -returncode
+    if name == "SIGILL":
+        return (", SIGILL: an instruction this CPU or VM refuses. A -march=native llama.cpp on a CPU that "
+                "advertises AMX under a hypervisor that does not enable it traps at its first tileloadd; "
+                "rebuild the native oracle with -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF")
+    return f", killed by {name}"
+
+
 def _run_child(code: str, payload: dict | None = None, env: dict | None = None, timeout: float = 3600) -> dict:
     """Run ``python -c code`` (``payload`` as JSON on stdin); return the JSON of its last stdout line."""
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload or {}), capture_output=True,
                          text=True, env=env, timeout=timeout)
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
-        raise BenchError(f"benchmark child process failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
+        raise BenchError(f"benchmark child process failed (exit {out.returncode}{_signal_hint(out.returncode)}): "
+                         f"{out.stderr.strip()[-2000:]}")
     return json.loads(lines[-1])
 
 
