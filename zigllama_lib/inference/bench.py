@@ -41,6 +41,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -254,19 +255,18 @@ print(json.dumps({"load_s": load_s, "prefill_s": prefill, "decode_s": decode,
 
 
 def _signal_hint(returncode: int) -> str:
-    """What a child's negative exit code means; SIGILL gets the cause we have seen."""
+    """What a child's negative exit code (killed by a signal) means; for SIGILL, the cause we have seen."""
     if returncode >= 0:
         return ""
-    import signal
-
     try:
         name = signal.Signals(-returncode).name
     except ValueError:
-        return ", killed by signal %d" % -returncode
+        return f", killed by signal {-returncode}"
     if name == "SIGILL":
-        return (", SIGILL: an instruction this CPU or VM refuses. A -march=native llama.cpp on a CPU that "
-                "advertises AMX under a hypervisor that does not enable it traps at its first tileloadd; "
-                "rebuild the native oracle with -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF")
+        return (", SIGILL: an instruction this CPU or VM refuses. Seen with a -march=native llama.cpp on a VM "
+                "that advertises AMX without enabling it (it traps at its first tileloadd); rebuild that oracle "
+                "without AMX: ZIGLLAMA_NATIVE_CMAKE_ARGS=\"-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
+                "-DGGML_AMX_BF16=OFF\" scripts/install_oracle.sh --native")
     return f", killed by {name}"
 
 
