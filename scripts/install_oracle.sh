@@ -17,8 +17,9 @@
 set -euo pipefail
 VERSION=0.3.36
 PINNED_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF"
-# Override for CPUs whose -march=native build traps, e.g. AMX advertised by a VM that does not enable it:
-#   ZIGLLAMA_NATIVE_CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+# ZIGLLAMA_NATIVE_CMAKE_ARGS overrides the native flags. Known trap: on a VM that advertises AMX without enabling
+# it, the -march=native build dies of SIGILL at its first tileloadd, and -DGGML_AMX_*=OFF does not help (-march=native
+# still enables AMX); a GGML_NATIVE=OFF build with explicit AVX-512 flags is the untested way out.
 NATIVE_CMAKE_ARGS=${ZIGLLAMA_NATIVE_CMAKE_ARGS:-"-DGGML_NATIVE=ON"}
 CACHE=${ZIGLLAMA_CACHE:-$HOME/.cache/zigllama}
 PY=${PYTHON:-python}

@@ -264,9 +264,9 @@ def _signal_hint(returncode: int) -> str:
         return f", killed by signal {-returncode}"
     if name == "SIGILL":
         return (", SIGILL: an instruction this CPU or VM refuses. Seen with a -march=native llama.cpp on a VM "
-                "that advertises AMX without enabling it (it traps at its first tileloadd); rebuild that oracle "
-                "without AMX: ZIGLLAMA_NATIVE_CMAKE_ARGS=\"-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
-                "-DGGML_AMX_BF16=OFF\" scripts/install_oracle.sh --native")
+                "that advertises AMX without enabling it (it traps at its first tileloadd; -DGGML_AMX_*=OFF does "
+                "not help while -march=native enables AMX). Compare with the pinned build instead: "
+                "--llama-cpp installed")
     return f", killed by {name}"
 
 
