@@ -49,6 +49,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
+from numba.core import config as numba_config
 from numba.extending import intrinsic
 
 from ..foundation.errors import ConfigError
@@ -69,6 +70,10 @@ TILED_MIN_TOKENS = 8  # ggml_tiled_min_batch: the tiled path from 8 rows of src1
 _FEATURES = llvm.get_host_cpu_features().flatten().split(",")
 HAS_AVX2 = "+avx2" in _FEATURES
 HAS_F16C = "+f16c" in _FEATURES
+# VNNI's ``vpdpbusd`` only where Numba compiles for this very CPU (NUMBA_CPU_NAME=haswell must not emit it)
+_NUMBA_TARGETS_HOST = numba_config.CPU_NAME in (None, "host") and not numba_config.CPU_FEATURES
+HAS_VNNI_256 = _NUMBA_TARGETS_HOST and (
+    "+avxvnni" in _FEATURES or {"+avx512vnni", "+avx512vl"} <= set(_FEATURES))
 
 I8, I16, I32, I64, F16, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.HalfType(), ir.FloatType()
 
@@ -180,7 +185,16 @@ def _maddwd(builder, a16, b16):
 
 def _lane_sums(builder, qx_u8, qy_i8):
     """``<8 x i32>`` lane sums ``sum_{j=4l}^{4l+3} qx_j * qy_j`` of unsigned ``qx`` and signed ``qy`` (32 x i8):
-    ``pmaddubsw`` then ``pmaddwd`` with ones, the two instructions ggml uses."""
+    ``pmaddubsw`` then ``pmaddwd`` with ones, the two instructions ggml's AVX2 build uses.
+
+    With VNNI, one ``vpdpbusd`` gives the same sums. They are equal because nothing saturates:
+    ``pmaddubsw`` clamps each pair ``a_0 b_0 + a_1 b_1`` to int16, and our callers keep
+    ``qx <= 128`` (Q8_0 after the sign trick) and ``|qy| <= 127``, so ``|pair| <= 2*128*127 = 32512``;
+    the int32 sums are exact either way (integer addition does not round)."""
+    if HAS_VNNI_256:
+        vpdpbusd = _function(builder, "llvm.x86.avx512.vpdpbusd.256", _vec(I32, 8),
+                             [_vec(I32, 8), _vec(I8, 32), _vec(I8, 32)])
+        return builder.call(vpdpbusd, [_splat(I32, 8, 0), qx_u8, qy_i8])
     return _maddwd(builder, _maddubs(builder, qx_u8, qy_i8), _splat(I16, 16, 1))
 
 
