@@ -19,7 +19,10 @@ VERSION=0.3.36
 PINNED_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF"
 # ZIGLLAMA_NATIVE_CMAKE_ARGS overrides the native flags. Known trap: on a VM that advertises AMX without enabling
 # it, the -march=native build dies of SIGILL at its first tileloadd, and -DGGML_AMX_*=OFF does not help (-march=native
-# still enables AMX); a GGML_NATIVE=OFF build with explicit AVX-512 flags is the untested way out.
+# still enables AMX). What works there (verified on a Xeon model 207 VM): GGML_NATIVE=OFF with the host's AVX-512
+# flags named, e.g. ZIGLLAMA_NATIVE_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
+# -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
+# -DGGML_BMI2=ON" (zigllama_lib/inference/bench.py: NO_AMX_NATIVE_CMAKE_ARGS).
 NATIVE_CMAKE_ARGS=${ZIGLLAMA_NATIVE_CMAKE_ARGS:-"-DGGML_NATIVE=ON"}
 CACHE=${ZIGLLAMA_CACHE:-$HOME/.cache/zigllama}
 PY=${PYTHON:-python}

@@ -235,5 +235,5 @@ def test_a_child_killed_by_sigill_is_named_with_its_likely_cause():
     from zigllama_lib.inference import bench as bench_module
 
     code = "import os, signal; os.kill(os.getpid(), signal.SIGILL)"
-    with pytest.raises(bench_module.BenchError, match=r"exit -4, SIGILL: .*tileloadd.*--llama-cpp installed"):
+    with pytest.raises(bench_module.BenchError, match=r"exit -4, SIGILL: .*tileloadd.*GGML_NATIVE=OFF.*--native.*--llama-cpp installed"):
         bench_module._run_child(code, timeout=60)

@@ -254,6 +254,13 @@ print(json.dumps({"load_s": load_s, "prefill_s": prefill, "decode_s": decode,
 """
 
 
+# the host's AVX-512 kernels without -march=native (so without AMX): what a native build on an AVX-512 VM
+# that advertises AMX without enabling it should be (ran there, Xeon model 207, 2026-12-06)
+NO_AMX_NATIVE_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+                            "-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON "
+                            "-DGGML_AVX_VNNI=ON -DGGML_BMI2=ON")
+
+
 def _signal_hint(returncode: int) -> str:
     """What a child's negative exit code (killed by a signal) means; for SIGILL, the cause we have seen."""
     if returncode >= 0:
@@ -265,8 +272,9 @@ def _signal_hint(returncode: int) -> str:
     if name == "SIGILL":
         return (", SIGILL: an instruction this CPU or VM refuses. Seen with a -march=native llama.cpp on a VM "
                 "that advertises AMX without enabling it (it traps at its first tileloadd; -DGGML_AMX_*=OFF does "
-                "not help while -march=native enables AMX). Compare with the pinned build instead: "
-                "--llama-cpp installed")
+                "not help while -march=native enables AMX). Rebuild without AMX (verified on such a VM): "
+                f"ZIGLLAMA_NATIVE_CMAKE_ARGS=\"{NO_AMX_NATIVE_CMAKE_ARGS}\" scripts/install_oracle.sh --native; "
+                "or compare with the pinned build: --llama-cpp installed")
     return f", killed by {name}"
 
 
