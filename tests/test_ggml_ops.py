@@ -176,6 +176,9 @@ def _quant_inputs(n: int, seed: int) -> dict[str, np.ndarray]:
     one = np.zeros((2, n), np.float32)
     one[0, 5::32] = 3.0            # one non-zero value per 32-block
     one[1, 17::256] = -0.7         # one per 256-block (the other 32-blocks all zero)
+    signs = rng.standard_normal((2, n)).astype(np.float32)
+    signs[0, 7::32], signs[0, 20::32] = -5.0, 5.0  # |x| = 5 twice per block, the first negative
+    signs[1, 7::32], signs[1, 20::32] = 5.0, -5.0  # the first positive: Q8_K's vmax is the first
     return {
         "random": (rng.standard_normal((4, n)) * rng.uniform(0.01, 30, (4, 1))).astype(np.float32),
         "zeros": np.zeros((2, n), np.float32),
@@ -184,6 +187,7 @@ def _quant_inputs(n: int, seed: int) -> dict[str, np.ndarray]:
         "tiny": (rng.standard_normal((2, n)) * 1e-30).astype(np.float32),
         "subnormal": (rng.standard_normal((2, n)) * 1e-40).astype(np.float32),  # 127 / amax = inf
         "one_per_block": one,
+        "opposite_sign_maxima": signs,
     }
 
 
@@ -257,7 +261,8 @@ def _q8_Kx4_from_rows(q8k: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "iscale = inf: the AVX2 4x8 code's cvtps_epi32 gives INT_MIN -> -128 (bsums -2048), the row "
     "quantiser's nearest_int gives 0; d = +-0 makes the gemm's products 0 either way")))
-    if c == "subnormal" else c for c in QUANT_CASES])
+    if c == "subnormal" else c for c in QUANT_CASES
+    if c != "opposite_sign_maxima"])  # the AVX2 4x8 code's sign rule there: the +-amax test below
 def test_q8_K_4x8_is_ggml_quantize_mat(case):
     """Q4_K prefills quantise four tokens at a time with ``ggml_quantize_mat_q8_K_4x8`` (AVX2); our
     matmul uses the row quantiser's values (``quantize_q8_K``). Same bytes once interleaved --

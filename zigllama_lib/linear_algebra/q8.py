@@ -197,15 +197,26 @@ def round_f16(v):
 
 
 @njit(cache=True, inline="always")
-def _q8_32_token(x, t, x86, with_sum, K, xT, xd, xs):
-    """Quantise row ``t`` of ``x`` to Q8_0 / Q8_1 into the lane layout (see q8_32_T)."""
+def _abs_max_bits(xbits, t, o, n):
+    """The bit pattern of ``max |x_j|`` over ``x[t, o:o+n]``, read as int32 bits.
+
+    Non-negative floats order as their bit patterns do, so an integer max (which vectorises,
+    unlike a float max with its NaN rules) finds ``amax``; a NaN counts as 0, as ggml's strict
+    ``|x_j| > amax`` test skips it."""
+    m = np.int32(0)
+    for j in range(n):
+        b = xbits[t, o + j] & np.int32(0x7FFFFFFF)
+        m = max(m, b if b <= np.int32(0x7F800000) else np.int32(0))
+    return m
+
+
+@njit(cache=True, inline="always")
+def _q8_32_token(x, xbits, t, x86, with_sum, kshift, xT, xd, xs):
+    """Quantise row ``t`` of ``x`` to Q8_0 / Q8_1 into the lane layout (see q8_32_T), K = 2**kshift."""
+    K = 1 << kshift
     for ib in range(x.shape[1] // 32):
         o = ib * 32
-        amax = np.float32(0)
-        for j in range(32):
-            a = abs(x[t, o + j])
-            if a > amax:
-                amax = a
+        amax = abs(x[t, o + _first_with_abs_bits(xbits, t, o, _abs_max_bits(xbits, t, o, 32))])
         d = amax / np.float32(127)
         if x86:
             inv = np.float32(127) / amax if amax != 0 else np.float32(0)
@@ -215,32 +226,51 @@ def _q8_32_token(x, t, x86, with_sum, K, xT, xd, xs):
         for j in range(32):
             v = x[t, o + j] * inv
             qi = np.int32(np.rint(v)) if x86 else np.int32(_roundf(v))
-            xT[t, j // K, ib * K + j % K] = qi
+            xT[t, j >> kshift, ib * K + (j & (K - 1))] = qi
             s += qi
         xd[t, ib] = to_f16(d)  # = round_f16(d), in one instruction
         if with_sum:
             xs[t, ib] = to_f16(np.float32(s) * d)
 
 
+@njit(cache=True, inline="always")
+def _first_with_abs_bits(xbits, t, o, mbits):
+    """The first ``j`` with ``|x[t, o + j]|`` of bit pattern ``mbits`` (0 if none: amax = 0 or NaN only)."""
+    if mbits == 0:
+        return 0
+    j = 0
+    while xbits[t, o + j] & np.int32(0x7FFFFFFF) != mbits:
+        j += 1
+    return j
+
+
+def _kshift(K: int) -> int:
+    if K < 1 or K & (K - 1):
+        raise ValueError(f"lanes per group K must be a power of two, got {K}")
+    return K.bit_length() - 1
+
+
 @njit(cache=True, nogil=True)
-def _q8_32_T_serial(x, x86, with_sum, K):
+def _q8_32_T_serial(x, xbits, x86, with_sum, kshift):
     n_tok, n = x.shape
+    K = 1 << kshift
     xT = np.empty((n_tok, 32 // K, n // 32 * K), np.int8)
     xd = np.empty((n_tok, n // 32), np.float32)
     xs = np.zeros((n_tok, n // 32), np.float32)
     for t in range(n_tok):
-        _q8_32_token(x, t, x86, with_sum, K, xT, xd, xs)
+        _q8_32_token(x, xbits, t, x86, with_sum, kshift, xT, xd, xs)
     return xT, xd, xs
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _q8_32_T_parallel(x, x86, with_sum, K):
+def _q8_32_T_parallel(x, xbits, x86, with_sum, kshift):
     n_tok, n = x.shape
+    K = 1 << kshift
     xT = np.empty((n_tok, 32 // K, n // 32 * K), np.int8)
     xd = np.empty((n_tok, n // 32), np.float32)
     xs = np.zeros((n_tok, n // 32), np.float32)
     for t in prange(n_tok):
-        _q8_32_token(x, t, x86, with_sum, K, xT, xd, xs)
+        _q8_32_token(x, xbits, t, x86, with_sum, kshift, xT, xd, xs)
     return xT, xd, xs
 
 
@@ -249,53 +279,50 @@ def q8_32_T(x: np.ndarray, x86: bool, with_sum: bool, K: int):
     (lane layout), ``xd (n_tok, n/32) float32`` = f16(d), ``xs`` = f16(d * sum q) (zeros unless
     ``with_sum``). Serial for a few tokens (a parallel launch costs more than the work)."""
     kernel = _q8_32_T_parallel if x.shape[0] >= 8 else _q8_32_T_serial
-    return kernel(x, x86, with_sum, K)
+    return kernel(x, x.view(np.int32), x86, with_sum, _kshift(K))
 
 
 @njit(cache=True, inline="always")
-def _q8_K_token(x, t, K, xT, xd, bsums):
-    """Quantise row ``t`` of ``x`` to Q8_K into the lane layout (see q8_K_T)."""
+def _q8_K_token(x, xbits, t, kshift, xT, xd, bsums):
+    """Quantise row ``t`` of ``x`` to Q8_K into the lane layout (see q8_K_T), K = 2**kshift."""
+    K = 1 << kshift
     for ib in range(x.shape[1] // QK_K):
         o = ib * QK_K
-        amax = np.float32(0)
-        vmax = np.float32(0)
-        for j in range(QK_K):
-            a = abs(x[t, o + j])
-            if a > amax:
-                amax = a
-                vmax = x[t, o + j]
-        if amax == 0:
+        mbits = _abs_max_bits(xbits, t, o, QK_K)
+        if mbits == 0:
             continue  # d = 0, q = 0, bsums = 0 (the arrays start zeroed)
-        iscale = np.float32(-127) / vmax
+        iscale = np.float32(-127) / x[t, o + _first_with_abs_bits(xbits, t, o, mbits)]  # ggml's `max`
         for g in range(o // 16, o // 16 + 16):
             s = 0
             for j in range(16):
                 qi = min(127, np.int32(np.rint(iscale * x[t, 16 * g + j])))  # nearest_int: ties to even
-                xT[t, j // K, g * K + j % K] = qi
+                xT[t, j >> kshift, g * K + (j & (K - 1))] = qi
                 s += qi
             bsums[t, g] = s
         xd[t, ib] = np.float32(1) / iscale
 
 
 @njit(cache=True, nogil=True)
-def _q8_K_T_serial(x, K):
+def _q8_K_T_serial(x, xbits, kshift):
     n_tok, n = x.shape
+    K = 1 << kshift
     xT = np.zeros((n_tok, 16 // K, n // 16 * K), np.int8)
     xd = np.zeros((n_tok, n // QK_K), np.float32)
     bsums = np.zeros((n_tok, n // 16), np.int32)
     for t in range(n_tok):
-        _q8_K_token(x, t, K, xT, xd, bsums)
+        _q8_K_token(x, xbits, t, kshift, xT, xd, bsums)
     return xT, xd, bsums
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _q8_K_T_parallel(x, K):
+def _q8_K_T_parallel(x, xbits, kshift):
     n_tok, n = x.shape
+    K = 1 << kshift
     xT = np.zeros((n_tok, 16 // K, n // 16 * K), np.int8)
     xd = np.zeros((n_tok, n // QK_K), np.float32)
     bsums = np.zeros((n_tok, n // 16), np.int32)
     for t in prange(n_tok):
-        _q8_K_token(x, t, K, xT, xd, bsums)
+        _q8_K_token(x, xbits, t, kshift, xT, xd, bsums)
     return xT, xd, bsums
 
 
@@ -303,7 +330,7 @@ def q8_K_T(x: np.ndarray, K: int):
     """Q8_K of ``x (n_tok, n) float32`` (C-contiguous) -> ``xT (n_tok, 16/K, n/16*K) int8`` (lane
     layout, groups of 16), ``xd (n_tok, n/256) float32``, ``bsums (n_tok, n/16) int32``."""
     kernel = _q8_K_T_parallel if x.shape[0] >= 8 else _q8_K_T_serial
-    return kernel(x, K)
+    return kernel(x, x.view(np.int32), _kshift(K))
 
 
 def quantize_q8_32_planes(x: np.ndarray, with_sum: bool, variant: str = "ref"):
@@ -321,5 +348,5 @@ def quantize_q8_K_planes(x: np.ndarray):
     """Q8_K of ``x (n_tok, n)`` with the Numba kernel: ``xq int8 (n_tok, n)``, ``xd float32 (n_tok, n/256)``,
     ``bsums int32 (n_tok, n/16)``."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    xT, xd, bsums = q8_K_T(x, 1)
-    return np.ascontiguousarray(xT.transpose(0, 2, 1)).reshape(x.shape), xd, bsums
+    xT, xd, bsums = q8_K_T(x, 16)  # K = 16: the lane layout is the plain one
+    return xT.reshape(x.shape), xd, bsums

@@ -142,7 +142,9 @@ def _gate_up_act(a, st, kinds, d_ff, xq, xd, xs, gelu, gelu_table, hidden):
 @njit(cache=True, inline="always")
 def _quantize(x, xq, xd, xs):
     """Q8_1 of ``x (n,)`` with the x86 rounding (Q8_0 is the same ``q`` and ``d``, without ``s``)."""
-    _q8_32_token(x.reshape((1, x.shape[0])), 0, True, True, 32, xq.reshape((1, 1, xq.shape[0])),
+    x2 = x.reshape((1, x.shape[0]))
+    _q8_32_token(x2, x2.view(np.int32), 0, True, True, 5,  # kshift 5: K = 32, the plain layout
+                 xq.reshape((1, 1, xq.shape[0])),
                  xd.reshape((1, xd.shape[0])), xs.reshape((1, xs.shape[0])))
 
 
@@ -156,7 +158,9 @@ def _quantize_for(kind, x, xq, xd, xs, bsums32, bsums):
         xd[:nk] = 0
         xq[:n] = 0
         bsums32[:n // 16] = 0
-        _q8_K_token(x.reshape((1, n)), 0, 16, xq[:n].reshape((1, 1, n)), xd[:nk].reshape((1, nk)),
+        x2 = x.reshape((1, n))
+        _q8_K_token(x2, x2.view(np.int32), 0, 4,  # kshift 4: K = 16, the plain layout
+                    xq[:n].reshape((1, 1, n)), xd[:nk].reshape((1, nk)),
                     bsums32[:n // 16].reshape((1, n // 16)))
         for g in range(n // 16):
             bsums[g] = bsums32[g]
