@@ -22,6 +22,7 @@ from ..models.decoder import numerics_named
 from ..models.loader import load_gguf
 from ..models.registry import DEFAULT_MODEL
 from .generation import GenerationConfig, generate_ids, make_sampler
+from .grammar import Grammar, GrammarMatcher, TokenTrie
 from .streaming import Utf8Stream, stream_text
 
 DEFAULT_N_CTX = 2048
@@ -53,6 +54,7 @@ class LanguageModel:
             raise ConfigError(f"n_ctx must be a positive integer, got {n_ctx!r}")
         self.n_ctx = n_ctx
         self.numerics = numerics_named(numerics).name
+        self._token_trie: TokenTrie | None = None  # built by the first grammar-constrained generation
         self.last_stats: dict = {}
 
     def __repr__(self) -> str:
@@ -81,26 +83,41 @@ class LanguageModel:
     # -- generation -------------------------------------------------------
     def generate_ids(self, ids: Sequence[int], max_tokens: int = 128, temperature: float = 0.8,
                      top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None,
-                     stop_at_eog: bool = True, numerics: str | None = None) -> Iterator[int]:
-        """Yield generated token ids after prompt ``ids`` (sampler defaults are llama.cpp's)."""
+                     stop_at_eog: bool = True, numerics: str | None = None,
+                     grammar: str | None = None) -> Iterator[int]:
+        """Yield generated token ids after prompt ``ids`` (sampler defaults are llama.cpp's).
+
+        ``grammar``: GBNF text (e.g. from :func:`.json_schema.json_schema_to_gbnf`); every token is
+        then drawn from the tokens it admits, and end-of-generation only once it is complete."""
         sampler = make_sampler(temperature, top_k, top_p, min_p, seed)
         config = GenerationConfig(max_tokens=max_tokens, stop_at_eog=stop_at_eog)
         self.last_stats = {}
+        matcher = self.grammar_matcher(grammar) if grammar is not None else None
         return generate_ids(self.decoder, list(ids), sampler, numerics_named(numerics or self.numerics),
-                            self.n_ctx, self.tokenizer.is_eog, config, stats=self.last_stats)
+                            self.n_ctx, self.tokenizer.is_eog, config, stats=self.last_stats,
+                            logits_processor=matcher.mask if matcher else None,
+                            on_token=matcher.accept if matcher else None)
+
+    def grammar_matcher(self, grammar: str) -> GrammarMatcher:
+        """A fresh :class:`.grammar.GrammarMatcher` for GBNF ``grammar`` over this vocabulary
+        (its token trie built once per model)."""
+        if self._token_trie is None:
+            self._token_trie = TokenTrie.from_tokenizer(self.tokenizer)
+        return GrammarMatcher(Grammar.parse(grammar), self._token_trie)
 
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None,
                  add_special: bool = True, parse_special: bool = False, stop_at_eog: bool = True,
-                 numerics: str | None = None) -> Iterator[str]:
-        """Stream the continuation of ``prompt`` as text pieces (never splitting a UTF-8 character)."""
+                 numerics: str | None = None, grammar: str | None = None) -> Iterator[str]:
+        """Stream the continuation of ``prompt`` as text pieces (never splitting a UTF-8 character);
+        ``grammar``: GBNF text constraining it (see :meth:`generate_ids`)."""
         if not isinstance(prompt, str):
             raise ConfigError(f"prompt must be a str, got {type(prompt).__name__}")
         ids = self.tokenizer.encode(prompt, add_special=add_special, parse_special=parse_special)
         stream = Utf8Stream()
         for token in self.generate_ids(ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                        top_p=top_p, min_p=min_p, seed=seed, stop_at_eog=stop_at_eog,
-                                       numerics=numerics):
+                                       numerics=numerics, grammar=grammar):
             piece = stream.push(self.tokenizer.token_bytes(token, render_special=False))
             if piece:
                 yield piece

@@ -48,12 +48,15 @@ class Step:
 def generate_steps(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler, numerics: Numerics,
                    n_ctx: int, is_eog, config: GenerationConfig = GenerationConfig(),
                    stats: dict | None = None,
-                   logits_processor: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Step]:
+                   logits_processor: Callable[[np.ndarray], np.ndarray] | None = None,
+                   on_token: Callable[[int], None] | None = None) -> Iterator[Step]:
     """The generation loop, yielding each token with the logits it was drawn from.
 
     ``logits_processor(logits) -> logits``, if given, rewrites each step's
     ``(n_vocab,)`` logits before the sampler sees them (a logit bias, a
-    grammar mask...); it must not modify its argument in place. A consumer
+    grammar mask...); it must not modify its argument in place. ``on_token(t)``,
+    if given, hears every sampled token, end-of-generation included, before it is
+    yielded (a grammar matcher's ``accept``). A consumer
     that stops iterating (a stop string, a client gone) stops the loop before
     the next forward pass. See :func:`generate_ids` for the stopping rules.
     """
@@ -77,6 +80,8 @@ def generate_steps(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler
         if logits_processor is not None:
             logits = logits_processor(logits)
         token = sampler(logits)
+        if on_token is not None:
+            on_token(token)
         if config.stop_at_eog and is_eog(token):
             stats["stop_reason"] = "eog"
             break
@@ -94,7 +99,8 @@ def generate_steps(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler
 def generate_ids(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler, numerics: Numerics,
                  n_ctx: int, is_eog, config: GenerationConfig = GenerationConfig(),
                  stats: dict | None = None,
-                 logits_processor: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[int]:
+                 logits_processor: Callable[[np.ndarray], np.ndarray] | None = None,
+                 on_token: Callable[[int], None] | None = None) -> Iterator[int]:
     """Yield sampled token ids after ``prompt_ids``; prefill once, then one token per step.
 
     Stops after ``config.max_tokens`` tokens, at an end-of-generation token
@@ -102,7 +108,7 @@ def generate_ids(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler, 
     receives ``n_prompt``, ``n_generated`` and ``stop_reason``.
     """
     for step in generate_steps(decoder, prompt_ids, sampler, numerics, n_ctx, is_eog, config, stats,
-                               logits_processor):
+                               logits_processor, on_token):
         yield step.token
 
 
