@@ -102,6 +102,18 @@ def exp_f32(x):
 
 
 @vectorize(["float32(float32)"], cache=True)
+def log_f32(x):
+    """``logf`` element-wise."""
+    return math.log(x)
+
+
+@vectorize(["float32(float32)"], cache=True)
+def log2_f32(x):
+    """``log2f`` element-wise."""
+    return math.log2(x)
+
+
+@vectorize(["float32(float32)"], cache=True)
 def tanh_f32(x):
     """``tanhf`` element-wise."""
     return math.tanh(x)

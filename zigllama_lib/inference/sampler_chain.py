@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..foundation.errors import ConfigError
-from ..foundation.libm import exp_f32
+from ..foundation.libm import exp_f32, log2_f32, log_f32, logf, powf
 from .sampling import Candidates
 
 __all__ = ["Mt19937", "Penalties", "MirostatV2", "canonical_double", "dist_draw", "dynamic_temperature",
@@ -135,11 +135,10 @@ class Penalties:
         if self.disabled or not self.counts:
             return c
         z = c.logits.astype(np.float32).copy()
-        seen = {i: n for i, n in self.counts.items()}
-        pos = np.flatnonzero(np.isin(c.ids, np.fromiter(seen, np.int64)))
+        pos = np.flatnonzero(np.isin(c.ids, np.fromiter(self.counts, np.int64)))
         r = np.float32(self.repeat)
         for p in pos:
-            n = seen[int(c.ids[p])]
+            n = self.counts[int(c.ids[p])]
             z[p] = z[p] * r if z[p] <= 0 else z[p] / r
             z[p] -= np.float32(n) * np.float32(self.frequency) + np.float32(1.0) * np.float32(self.presence)
         return Candidates(c.ids, z, None, False)
@@ -151,7 +150,7 @@ def typical_filter(c: Candidates, p: float, min_keep: int = 1) -> Candidates:
         return c
     s = llama_softmax(c)
     probs = s.probs
-    logp = np.log(probs.astype(np.float32))
+    logp = log_f32(probs.astype(np.float32))  # libm's logf, as llama.cpp (not numpy's per-CPU kernel)
     entropy = np.float32(0)
     for q, lq in zip(probs.tolist(), logp.tolist()):
         entropy = np.float32(entropy + np.float32(-q) * np.float32(lq))
@@ -186,11 +185,11 @@ def dynamic_temperature(c: Candidates, temp: float, delta: float, exponent: floa
     if len(c) <= 1:
         return c
     t_min, t_max = max(0.0, temp - delta), temp + delta
-    max_entropy = -np.log(np.float32(1.0) / np.float32(len(c)))
+    max_entropy = -logf(np.float32(1.0) / np.float32(len(c)))
     s = llama_softmax(c)
     q = s.probs[s.probs > 0]
-    entropy = np.float32(-np.sum(q * np.log(q)))
-    t = np.float32(t_min + (t_max - t_min) * np.power(np.float32(entropy / max_entropy), np.float32(exponent)))
+    entropy = np.float32(-np.sum(q * log_f32(q)))
+    t = np.float32(t_min + (t_max - t_min) * powf(entropy / max_entropy, exponent))
     return Candidates(s.ids, (s.logits / t).astype(np.float32), None, True)
 
 
@@ -209,12 +208,12 @@ class MirostatV2:
 
     def __call__(self, c: Candidates) -> int:
         s = llama_softmax(c)
-        surprise = -np.log2(s.probs.astype(np.float32))
+        surprise = -log2_f32(s.probs.astype(np.float32))  # libm's log2f, as llama.cpp
         over = np.flatnonzero(surprise > np.float32(self.mu))
         n = int(over[0]) if len(over) else len(s)
         s = llama_softmax(Candidates(s.ids[:max(n, 1)], s.logits[:max(n, 1)]))
         idx = _discrete_draw(s.probs, self.rng)
-        observed = float(-np.log2(s.probs[idx]))
+        observed = float(-log2_f32(s.probs[idx:idx + 1])[0])
         self.surprises.append(observed)
         self.mu = float(np.float32(self.mu) - np.float32(self.eta) * np.float32(observed - self.tau))
         return int(s.ids[idx])
