@@ -47,9 +47,9 @@ import numba
 import numpy as np
 
 import zigllama_lib as zl
+from zigllama_lib.inference.sampler_chain import Sampler
 from zigllama_lib.inference.sampling import (
     Candidates,
-    Sampler,
     SamplerConfig,
     min_p_filter,
     softmax,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from zigllama_lib.foundation.errors import ConfigError, ZigLlamaError
-from zigllama_lib.inference import sampling
+from zigllama_lib.inference import sampler_chain, sampling
+from zigllama_lib.inference.sampler_chain import Sampler
 from zigllama_lib.inference.sampling import (
     Candidates,
-    Sampler,
     SamplerConfig,
     apply_temperature,
     draw,
@@ -406,6 +406,13 @@ def test_no_step_sorts_the_whole_vocabulary(monkeypatch):
         return real_sort(c)
 
     monkeypatch.setattr(sampling, "sort_candidates", spy)
+    real_lexsort = np.lexsort
+
+    def lexsort_spy(keys):  # the chain's llama.cpp-exact top-p and min-p sort with lexsort
+        sizes.append(len(keys[0]))
+        return real_lexsort(keys)
+
+    monkeypatch.setattr(sampler_chain.np, "lexsort", lexsort_spy)
     rng = np.random.default_rng(4)
     z = (rng.standard_normal(262144) * 3).astype(np.float32)
     z[:10] += 40  # a peaked distribution, as a trained model gives

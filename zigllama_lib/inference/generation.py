@@ -22,7 +22,8 @@ import numpy as np
 
 from ..foundation.errors import ConfigError, ContextLengthError
 from ..models.decoder import Decoder, Numerics
-from .sampling import Sampler, SamplerConfig
+from .sampler_chain import Sampler
+from .sampling import SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def generate_steps(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler
     if config.max_tokens == 0:
         return
     cache = decoder.new_cache(n_ctx, numerics)
+    sampler.accept_prompt(ids.tolist())  # penalties and DRY count the prompt, as llama-server's do
     t0 = time.perf_counter()
     logits = decoder.forward(ids, cache, numerics)[-1]  # prefill
     stats["prefill_s"] = time.perf_counter() - t0
@@ -112,5 +114,9 @@ def generate_ids(decoder: Decoder, prompt_ids: Sequence[int], sampler: Sampler, 
         yield step.token
 
 
-def make_sampler(temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None) -> Sampler:
-    return Sampler(SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed))
+def make_sampler(temperature: float, top_k: int, top_p: float, min_p: float, seed: int | None,
+                 tokenizer=None, n_ctx: int | None = None, **more) -> Sampler:
+    """A :class:`.sampler_chain.Sampler` for these settings; ``more``: any other
+    :class:`.sampling.SamplerConfig` field (penalties, DRY, typical_p, XTC, mirostat...)."""
+    config = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, **more)
+    return Sampler(config, tokenizer, n_ctx)

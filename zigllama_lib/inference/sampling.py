@@ -48,7 +48,7 @@ import numpy as np
 from ..foundation.errors import ConfigError
 
 __all__ = [
-    "Candidates", "LogitBias", "Sampler", "SamplerConfig", "apply_temperature", "draw", "greedy", "log_softmax",
+    "Candidates", "LogitBias", "SamplerConfig", "apply_temperature", "draw", "greedy", "log_softmax",
     "min_p_filter", "softmax", "sort_candidates", "top_k_filter", "top_logprobs", "top_p_filter",
 ]
 
@@ -73,14 +73,25 @@ def _is_real(x) -> bool:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Sampler settings; the defaults are llama.cpp's.
+    """Sampler settings; every default is llama.cpp's (``common_params_sampling``), so a default
+    config turns on exactly top-k 40, top-p 0.95, min-p 0.05 and temperature 0.8.
 
     Attributes:
         temperature: divides the logits; ``<= 0`` means greedy (argmax).
         top_k: keep the ``top_k`` most likely tokens; ``<= 0`` disables.
         top_p: nucleus mass to keep, in ``(0, 1]``; ``1`` disables.
         min_p: keep tokens with ``p >= min_p * p_max``, in ``[0, 1]``; ``0`` disables.
-        seed: seeds the random draws; ``None`` draws fresh OS entropy.
+        seed: seeds the random draws (``std::mt19937``, taken mod 2^32); ``None`` draws OS entropy.
+        repeat_penalty, frequency_penalty, presence_penalty, penalty_last_n: the penalties over the
+            last ``penalty_last_n`` tokens (``-1``: the whole context; ``0`` disables).
+        dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n, dry_sequence_breakers:
+            DRY (``dry_multiplier = 0`` disables; ``dry_penalty_last_n = -1``: the whole context).
+        typical_p: locally typical sampling's mass; ``1`` disables.
+        top_n_sigma: keep logits within ``n`` standard deviations of the best; ``<= 0`` disables.
+        xtc_probability, xtc_threshold: exclude-top-choices; probability ``0`` disables.
+        dynatemp_range, dynatemp_exponent: dynamic temperature ``temp +- range``; range ``0`` disables.
+        mirostat, mirostat_tau, mirostat_eta: ``0`` off, ``1`` Mirostat, ``2`` Mirostat 2.0 (then
+            only the temperature runs before it, as in llama.cpp).
     """
 
     temperature: float = 0.8
@@ -88,6 +99,24 @@ class SamplerConfig:
     top_p: float = 0.95
     min_p: float = 0.05
     seed: int | None = None
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = 64
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", "\"", "*")
+    typical_p: float = 1.0
+    top_n_sigma: float = -1.0
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
 
     def __post_init__(self):
         t, k, p, mp, s = self.temperature, self.top_k, self.top_p, self.min_p, self.seed
@@ -101,10 +130,49 @@ class SamplerConfig:
             raise ConfigError(f"min_p must be in [0, 1] (0 disables), got {mp!r}")
         if s is not None and (not _is_int(s) or s < 0):
             raise ConfigError(f"seed must be None or a non-negative integer, got {s!r}")
+        _check_real(self, "repeat_penalty", 0, None, lo_open=True)
+        _check_real(self, "frequency_penalty", -2, 2)
+        _check_real(self, "presence_penalty", -2, 2)
+        _check_int(self, "penalty_last_n", -1)
+        _check_real(self, "dry_multiplier", 0, None)
+        _check_real(self, "dry_base", 0, None)
+        _check_int(self, "dry_allowed_length", 0)
+        _check_int(self, "dry_penalty_last_n", -1)
+        b = self.dry_sequence_breakers
+        if not isinstance(b, (tuple, list)) or not all(isinstance(x, str) for x in b):
+            raise ConfigError(f"dry_sequence_breakers must be a sequence of strings, got {b!r}")
+        object.__setattr__(self, "dry_sequence_breakers", tuple(b))
+        _check_real(self, "typical_p", 0, 1, lo_open=True)
+        _check_real(self, "top_n_sigma", None, None)
+        _check_real(self, "xtc_probability", 0, 1)
+        _check_real(self, "xtc_threshold", 0, 1)
+        _check_real(self, "dynatemp_range", 0, None)
+        _check_real(self, "dynatemp_exponent", 0, None)
+        if self.mirostat not in (0, 1, 2) or not _is_int(self.mirostat):
+            raise ConfigError(f"mirostat must be 0 (off), 1 or 2, got {self.mirostat!r}")
+        _check_real(self, "mirostat_tau", 0, None)
+        _check_real(self, "mirostat_eta", 0, None)
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature <= 0
+
+
+def _check_real(cfg, name: str, lo, hi, lo_open: bool = False) -> None:
+    """ConfigError naming ``name`` unless it is a finite real in ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``)."""
+    v = getattr(cfg, name)
+    ok = _is_real(v) and math.isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo)) \
+        and (hi is None or v <= hi)
+    if not ok:
+        lo_s = "-inf" if lo is None else lo
+        rng = f"{'(' if lo_open or lo is None else '['}{lo_s}, {'inf)' if hi is None else f'{hi}]'}"
+        raise ConfigError(f"{name} must be a finite number in {rng}, got {v!r}")
+
+
+def _check_int(cfg, name: str, lo: int) -> None:
+    v = getattr(cfg, name)
+    if not _is_int(v) or v < lo:
+        raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
 # --------------------------------------------------------------------------- candidates
@@ -366,46 +434,3 @@ def top_logprobs(logits, n: int, log_probs: np.ndarray | None = None) -> tuple[n
     if top is None:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     return top.ids, top.logits
-
-
-class Sampler:
-    """A configured sampler chain with its own random generator.
-
-        sampler = Sampler(SamplerConfig(temperature=0.7, seed=42))
-        token = sampler(logits)            # (n_vocab,) float32 -> int
-        cands = sampler.candidates(logits) # what it would draw from, with probabilities
-
-    The same seed and the same sequence of logits give the same tokens.
-    """
-
-    def __init__(self, config: SamplerConfig = SamplerConfig()):
-        if not isinstance(config, SamplerConfig):
-            raise ConfigError(f"config must be a SamplerConfig, got {type(config).__name__}")
-        self.config = config
-        self.rng = np.random.default_rng(config.seed)
-
-    def candidates(self, logits) -> Candidates:
-        """The candidates after every filter, with their final probabilities.
-
-        Tokens of probability 0 are left out. Greedy gives the single argmax
-        token with probability 1.
-        """
-        cfg = self.config
-        if cfg.is_greedy:
-            i = greedy(logits)
-            return Candidates(np.array([i], np.int64), np.asarray(logits)[[i]], np.ones(1), True)
-        c = Candidates.from_logits(logits)  # (n_vocab,)
-        c = top_k_filter(c, cfg.top_k)     # (<= top_k,) sorted
-        c = top_p_filter(c, cfg.top_p)
-        c = min_p_filter(c, cfg.min_p)
-        c = apply_temperature(c, cfg.temperature)
-        return _drop_impossible(softmax(c))
-
-    def __call__(self, logits) -> int:
-        """Sample one token id from ``logits`` (shape ``(n_vocab,)``)."""
-        if self.config.is_greedy:
-            return greedy(logits)
-        return draw(self.candidates(logits), self.rng)
-
-    def __repr__(self) -> str:
-        return f"Sampler({self.config!r})"

@@ -26,7 +26,8 @@ from functools import partial
 import numpy as np
 
 from ..foundation.errors import ConfigError
-from ..inference.sampling import Candidates, Sampler, SamplerConfig, softmax
+from ..inference.sampler_chain import Sampler
+from ..inference.sampling import Candidates, SamplerConfig, softmax
 from ._widgets import figure_view, require
 from .tokenizer import piece_label
 
