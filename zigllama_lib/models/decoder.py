@@ -54,9 +54,10 @@ from ..linear_algebra.ggml_simd import SUPPORTED as SIMD_TYPES
 from ..linear_algebra.ggml_simd import matmul_simd, share_input
 from ..neural_primitives import ACTIVATIONS, apply_rope, rms_norm
 from ..neural_primitives.ggml_math import geglu_ggml, rms_norm_ggml, rope_ggml, swiglu_ggml
-from ..transformer.attention import attention
-from ..transformer.attention_ggml import attention_ggml
+from ..transformer.attention import attention, softmax
+from ..transformer.attention_ggml import attention_ggml, attention_ggml_paged
 from ..transformer.kv_cache import KVCache
+from ..transformer.paged_kv_cache import PagedCells, PagedKVCache, PagedSequence
 from .arch import ArchSpec
 from .fused_decode import FusedDecodeStep, unsupported_reason
 
@@ -82,6 +83,47 @@ def _attention_float(q, k, v, n_past, scale, window=None, return_weights=False):
     return attention(q, k, v, n_past, scale, window=window, return_weights=return_weights)
 
 
+def _attention_cells_float(q, q_pos, keys, values, cell_pos, scale, window=None, f16_products=False,
+                           return_weights=False):
+    """:func:`attention` with the mask taken from each cell's position (a paged sequence after seq ops):
+    query at ``q_pos[t]`` sees cell ``c`` iff ``0 <= cell_pos[c] <= q_pos[t]`` (and within ``window``)."""
+    n_tok, n_head, d_k = q.shape
+    n_kv, n_kv_head, d_v = values.shape
+    group = n_head // n_kv_head
+    if f16_products:
+        q = q.astype(np.float16)
+    qg = q.reshape(n_tok, n_kv_head, group, d_k).transpose(1, 2, 0, 3).reshape(n_kv_head, group * n_tok, d_k)
+    scores = np.matmul(qg.astype(np.float32), keys.transpose(1, 2, 0).astype(np.float32)) * np.float32(scale)
+    scores = scores.reshape(n_kv_head, group, n_tok, n_kv)
+    cp, qp = np.asarray(cell_pos)[None, :], np.asarray(q_pos)[:, None]
+    visible = (cp >= 0) & (cp <= qp)
+    if window is not None:
+        visible &= qp - cp < window
+    scores = scores + np.where(visible, np.float32(0), np.float32(-np.inf))
+    weights = softmax(scores)
+    w = weights.astype(np.float16).astype(np.float32) if f16_products else weights
+    out = np.matmul(w.reshape(n_kv_head, group * n_tok, n_kv), values.transpose(1, 0, 2).astype(np.float32))
+    out = out.reshape(n_kv_head, group, n_tok, d_v).transpose(2, 0, 1, 3).reshape(n_tok, n_head * d_v)
+    return (out, weights.reshape(n_head, n_tok, n_kv)) if return_weights else out
+
+
+def _paged_attention_float(q, q_pos, cells: PagedCells, scale, window=None, return_weights=False, f16=False):
+    """Float attention over a paged sequence: its cells gathered in order, then :func:`attention` (a
+    plain sequence: the same floats as the contiguous cache) or the position-masked variant."""
+    keys, values = cells.gather()  # (n_cells, n_kv_head, d)
+    n_past = int(q_pos[0])
+    if np.array_equal(cells.cell_pos, np.arange(len(keys))) and np.array_equal(q_pos, n_past + np.arange(len(q))):
+        return attention(q, keys, values, n_past, scale, window=window, f16_products=f16, return_weights=return_weights)
+    return _attention_cells_float(q, q_pos, keys, values, cells.cell_pos, scale, window, f16, return_weights)
+
+
+def _paged_attention_llama_cpp(q, q_pos, cells: PagedCells, scale, window=None, return_weights=False):
+    if return_weights:  # as _attention_llama_cpp: rounding mirrored, not bit for bit
+        return _paged_attention_float(q, q_pos, cells, scale, window, return_weights, f16=True)
+    return attention_ggml_paged(q, q_pos, cells.k, cells.v, cells.table, cells.cell_pos, cells.block_size, scale,
+                                window=window)
+
+
 @dataclass(frozen=True)
 class Numerics:
     """How the decoder rounds: which kernel computes each step (see the module docstring)."""
@@ -95,12 +137,14 @@ class Numerics:
     swiglu: Callable | None  # (gate, up) -> silu(gate) * up, or None for act(gate) * up
     geglu: Callable | None  # (gate, up) -> gelu(gate) * up, or None for act(gate) * up
     share_input: Callable = lambda x: x  # x -> x whose 8-bit quantisation products may reuse
+    # (q, q_pos, PagedCells, scale, window, return_weights) -> out: attention through a block table
+    paged_attention: Callable = _paged_attention_float
 
 
 NUMERICS = {
     "float": Numerics("float", np.float32, _matmul_float, rms_norm, apply_rope, _attention_float, None, None),
     "llama.cpp": Numerics("llama.cpp", np.float16, _matmul_llama_cpp, rms_norm_ggml, rope_ggml,
-                          _attention_llama_cpp, swiglu_ggml, geglu_ggml, share_input),
+                          _attention_llama_cpp, swiglu_ggml, geglu_ggml, share_input, _paged_attention_llama_cpp),
 }
 
 
@@ -215,6 +259,25 @@ class Decoder:
         s = self.spec
         return KVCache(s.n_layer, n_ctx, s.n_kv_head, s.head_dim_k, s.head_dim_v, dtype=numerics.kv_dtype)
 
+    def new_paged_cache(self, n_blocks: int, numerics: Numerics, block_size: int = 16,
+                        n_blocks_window: int | None = None) -> PagedKVCache:
+        """A :class:`PagedKVCache` for this model: ``n_blocks`` blocks of ``block_size`` cells (the
+        sliding-window layers, if any, get their own pool of ``n_blocks_window``), the numerics' cache
+        type, and the model's RoPE for ``seq_add``'s K-shift. Run a sequence with
+        ``forward(ids, cache.sequence(seq_id), numerics)``."""
+        s = self.spec
+        sliding = [i for i in range(s.n_layer) if s.is_sliding(i)]
+
+        def k_shift(layer: int, k: np.ndarray, delta: np.ndarray) -> np.ndarray:
+            # llama.cpp's build_rope_shift: rope(k, delta) with the layer's RoPE, on the cached keys
+            return numerics.rope(k, delta, s.rope_dims, s.rope_base_for(layer), s.traits.rope_mode,
+                                 s.rope_freq_scale)
+
+        return PagedKVCache(s.n_layer, s.n_kv_head, s.head_dim_k, s.head_dim_v, n_blocks=n_blocks,
+                            block_size=block_size, dtype=numerics.kv_dtype, sliding_layers=sliding,
+                            window=s.sliding_window if sliding else None, n_blocks_window=n_blocks_window,
+                            k_shift=k_shift)
+
     # -- forward ------------------------------------------------------------
     def embed(self, ids: np.ndarray) -> np.ndarray:
         """Token embeddings (n_tok, d_model) float32."""
@@ -223,7 +286,7 @@ class Decoder:
             h = h * np.float32(np.sqrt(self.spec.d_model))
         return h
 
-    def attention_block(self, i: int, x: np.ndarray, cache: KVCache, nm: Numerics,
+    def attention_block(self, i: int, x: np.ndarray, cache: KVCache | PagedSequence, nm: Numerics,
                         return_weights: bool = False):
         """Self-attention of layer ``i`` on normalised input ``x: (n_tok, d_model)``; stores K, V in ``cache``."""
         s, lw = self.spec, self.layers[i]
@@ -245,9 +308,13 @@ class Decoder:
         scale = s.attn_scale
         if s.traits.scale_q:  # llama.cpp's Gemma 3 graph: Q * scale after RoPE, softmax scale 1
             q, scale = q * np.float32(scale), 1.0
-        keys, values = cache.store(i, k, v)
         window = s.sliding_window if s.is_sliding(i) else None
-        out = nm.attention(q, keys, values, cache.n_past, scale, window=window, return_weights=return_weights)
+        if isinstance(cache, PagedSequence):  # attention reads the block table
+            cells = cache.store(i, k, v)
+            out = nm.paged_attention(q, pos, cells, scale, window=window, return_weights=return_weights)
+        else:
+            keys, values = cache.store(i, k, v)
+            out = nm.attention(q, keys, values, cache.n_past, scale, window=window, return_weights=return_weights)
         if return_weights:
             out, weights = out
             return nm.matmul(lw.wo, out), weights
@@ -266,7 +333,7 @@ class Decoder:
             hidden = self.activation(gate) * up
         return nm.matmul(lw.w_down, hidden)
 
-    def forward(self, ids, cache: KVCache, numerics: Numerics, all_logits: bool = False,
+    def forward(self, ids, cache: KVCache | PagedSequence, numerics: Numerics, all_logits: bool = False,
                 attention_sink: list | None = None) -> np.ndarray:
         """Run ``ids`` (n_tok,) at positions ``cache.n_past ..``; return logits (see :meth:`_forward`).
 
@@ -281,7 +348,7 @@ class Decoder:
                 return self._forward(ids, cache, numerics, all_logits, attention_sink)
         return self._forward(ids, cache, numerics, all_logits, attention_sink)
 
-    def _forward(self, ids, cache: KVCache, numerics: Numerics, all_logits: bool = False,
+    def _forward(self, ids, cache: KVCache | PagedSequence, numerics: Numerics, all_logits: bool = False,
                  attention_sink: list | None = None) -> np.ndarray:
         """Run ``ids`` (n_tok,) at positions ``cache.n_past ..``; return logits.
 
@@ -297,10 +364,11 @@ class Decoder:
             raise ModelError(f"token id out of range [0, {s.n_vocab}): {int(ids.max() if ids.max() >= s.n_vocab else ids.min())}")
         cache.check_room(len(ids))
         if (len(ids) == 1 and numerics.name == "llama.cpp" and self.fused_decode and not all_logits
-                and attention_sink is None and cache.dtype == np.float16):
+                and attention_sink is None and cache.dtype == np.float16 and cache.is_linear()):
             if self._fused is None:
                 self._fused = FusedDecodeStep(self)
             return self._fused(int(ids[0]), cache)  # the same bits as the loop below, ~3x faster
+        cache.begin(len(ids))  # a paged cache reserves cells (and un-shares blocks) here
         h = self.embed(ids)
         for i, lw in enumerate(self.layers):
             x = numerics.rms_norm(h, lw.attn_norm, s.norm_eps)

@@ -203,15 +203,17 @@ def _f16_dot_reduce(acc):
 
 
 @njit(cache=True, nogil=True)
-def _attend_head(q, h, kc, vc, kvh, n_kv, first, scale, out):
+def _attend_head(q, h, kc, vc, li, table, block, kvh, n_kv, first, scale, out):
     """Decode attention of head ``h`` (llama.cpp's non-flash path, see attention_ggml) over cells
     ``first .. n_kv - 1`` (``first > 0``: a sliding window; the cells before it are masked, which
     gives them probability 0 and leaves every sum as it is, so they are skipped).
 
-    ``kc, vc: (n_ctx, n_kv_head, d) uint16`` float16 bits of one layer's cache.
+    ``kc, vc: (n_blocks, n_layer_g, B, n_kv_head, d) uint16``: float16 bits of a block pool; cell ``c``
+    of layer ``li`` is row ``c % B`` of block ``table[c // B]`` (a contiguous cache is one block of
+    ``B = n_ctx`` cells, ``table = [0]``).
     """
-    d = kc.shape[2]
-    d_v = vc.shape[2]
+    d = kc.shape[4]
+    d_v = vc.shape[4]
     n_cols = -(-n_kv // KV_PAD) * KV_PAD
     q16 = np.empty(d, np.float32)
     for j in range(d):
@@ -221,7 +223,7 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, first, scale, out):
     krow = np.empty(d, np.float32)
     mx = np.float32(-np.inf)
     for c in range(first, n_kv):  # KQ: ggml_vec_dot_f16(k[c], q16)
-        kbits = kc[c, kvh]
+        kbits = kc[table[c // block], li, c % block, kvh]
         for j in range(d):
             krow[j] = f16_bits_to_f32(kbits[j])
         s = np.float64(dot_f32_ggml_f16(krow.ctypes.data, q16.ctypes.data, d32))
@@ -251,7 +253,7 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, first, scale, out):
     acc2 = np.zeros((32, d_v), np.float32)
     for c in range(first, n_kv):
         a = acc2[c % 32]
-        vbits = vc[c, kvh]
+        vbits = vc[table[c // block], li, c % block, kvh]
         pc = p[c]
         for j in range(d_v):
             a[j] = fma_f32(f16_bits_to_f32(vbits[j]), pc, a[j])
@@ -267,22 +269,26 @@ def _attend_head(q, h, kc, vc, kvh, n_kv, first, scale, out):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _attention(q, kc, vc, n_head, n_kv_head, n_kv, first, scale, out):
+def _attention(q, kc, vc, li, table, block, n_head, n_kv_head, n_kv, first, scale, out):
     group = n_head // n_kv_head
     for h in prange(n_head):
-        _attend_head(q, h, kc, vc, h // group, n_kv, first, scale, out)
+        _attend_head(q, h, kc, vc, li, table, block, h // group, n_kv, first, scale, out)
 
 
 @njit(cache=True, nogil=True)
 def _decode_layers(h, pos, addr, stride, kind, n_rows, attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm,
-                   post_ffn_norm, eps, k_cache, v_cache, n_head, n_kv_head, head_dim, n_rot, neox, theta_scale,
+                   post_ffn_norm, eps, k_pool_a, v_pool_a, table_a, k_pool_b, v_pool_b, table_b, layer_group,
+                   layer_index, block, n_head, n_kv_head, head_dim, n_rot, neox, theta_scale,
                    freq_scale, q_scale, scale, window, gelu, gelu_table):
     """All layers of one decode step; ``h (d_model,)`` float32 updated in place.
 
     ``addr, stride, kind, n_rows: (n_layer, 7)``: each matrix's GGUF rows (address, row bytes,
     ``ggml_simd.KIND`` of its type, rows) in :data:`MATRICES` order. The norm weights ``(n_layer, n)``
-    (:data:`NORMS`; absent ones None: Numba compiles their branches away). ``k_cache, v_cache: (n_layer, n_ctx, n_kv_head, d)``
-    float16 bits, written at ``pos``. ``q_scale``: Q's factor after RoPE (1 unless the graph scales
+    (:data:`NORMS`; absent ones None: Numba compiles their branches away). The cache: two block pools
+    ``k_pool_*, v_pool_*: (n_blocks, n_layer_g, B, n_kv_head, d)`` float16 bits with their block tables
+    ``table_*`` (a paged cache's full-attention and sliding-window groups; the contiguous cache passes its
+    arrays as one block, twice); layer ``i`` lives in pool ``layer_group[i]`` (0: a, 1: b) at index
+    ``layer_index[i]``; cell ``pos`` (cell = position: a plain sequence) is written. ``q_scale``: Q's factor after RoPE (1 unless the graph scales
     Q; then ``scale``, the softmax's, is 1). ``window (n_layer,)``: sliding-window length, 0 for none.
     """
     n_layer, d_model = attn_norm.shape
@@ -322,12 +328,15 @@ def _decode_layers(h, pos, addr, stride, kind, n_rows, attn_norm, ffn_norm, q_no
         if q_scale != 1:
             for i in range(dq):
                 q[i] = q[i] * q_scale
+        kp, vp, table = (k_pool_a, v_pool_a, table_a) if layer_group[layer] == 0 else (k_pool_b, v_pool_b, table_b)
+        li = layer_index[layer]
+        b, r = table[pos // block], pos % block
         for hh in range(n_kv_head):
             for j in range(head_dim):
-                k_cache[layer, pos, hh, j] = f32_to_f16_bits(k[hh * head_dim + j])
-                v_cache[layer, pos, hh, j] = f32_to_f16_bits(v[hh * head_dim + j])
+                kp[b, li, r, hh, j] = f32_to_f16_bits(k[hh * head_dim + j])
+                vp[b, li, r, hh, j] = f32_to_f16_bits(v[hh * head_dim + j])
         first = max(0, pos + 1 - window[layer]) if window[layer] > 0 else 0
-        _attention(q, k_cache[layer], v_cache[layer], n_head, n_kv_head, pos + 1, first, scale, att)
+        _attention(q, kp, vp, li, table, block, n_head, n_kv_head, pos + 1, first, scale, att)
         aq, ad, as_ = _quantize_for(kinds[WO], att, xq, xd, xs, bsums32, bsums)
         _matvec(a[WO], st[WO], kinds[WO], d_model, aq, ad, as_, y)
         if post_attn_norm is not None:
@@ -374,20 +383,41 @@ class FusedDecodeStep:
         self.theta_scale = np.array([rope_theta_scale(s.rope_base_for(i), s.rope_dims)
                                      for i in range(n)], np.float32)  # glibc's powf, as rope_ggml
         self._keep = [decoder.gguf]
+        self._contiguous_maps = None
 
     def __call__(self, token: int, cache) -> np.ndarray:
         """Logits ``(1, n_vocab)`` of ``token`` at position ``cache.n_past``; stores its K, V and advances."""
         dec, s = self.decoder, self.decoder.spec
         cache.check_room(1)
+        if not cache.is_linear():
+            raise ValueError("the fused decode step needs a plain sequence (cell c holds position c)")
+        pos = cache.n_past
+        cache.begin(1)  # a paged cache allocates / un-shares the block of cell pos
+        pools = self._pools(cache)
         h = np.ascontiguousarray(dec.embed(np.array([token]))[0], np.float32)
         q_scale, scale = (s.attn_scale, 1.0) if s.traits.scale_q else (1.0, s.attn_scale)
-        _decode_layers(h, cache.n_past, self.addr, self.stride, self.kind, self.n_rows, *self.norms,
-                       np.float32(s.norm_eps), cache.k.view(np.uint16), cache.v.view(np.uint16),
+        _decode_layers(h, pos, self.addr, self.stride, self.kind, self.n_rows, *self.norms,
+                       np.float32(s.norm_eps), *pools,
                        s.n_head, s.n_kv_head, s.head_dim_k, s.rope_dims, s.traits.rope_mode == "neox",
                        self.theta_scale, np.float32(s.rope_freq_scale), np.float32(q_scale), np.float32(scale),
                        self.window, s.traits.activation == "gelu", GELU_F16)
         cache.advance(1)
         return matmul_simd(dec.output, rms_norm_ggml(h[None], dec.output_norm, s.norm_eps))
+
+    def _pools(self, cache):
+        """``(k_pool_a, v_pool_a, table_a, k_pool_b, v_pool_b, table_b, layer_group, layer_index, B)``."""
+        if getattr(cache, "paged", False):
+            pc = cache.cache
+            tables = pc.tables(cache.seq_id)
+            g = [(grp.pool.k.view(np.uint16), grp.pool.v.view(np.uint16), t) for grp, t in zip(pc.groups, tables)]
+            a, b = g[0], g[-1]
+            return (*a, *b, pc.layer_group, pc.layer_index, pc.block_size)
+        n = self.decoder.spec.n_layer
+        if self._contiguous_maps is None:
+            self._contiguous_maps = (np.zeros(n, np.int64), np.arange(n, dtype=np.int64), np.zeros(1, np.int64))
+        group, index, table = self._contiguous_maps
+        k, v = cache.k.view(np.uint16)[None], cache.v.view(np.uint16)[None]  # (1, n_layer, n_ctx, n_kv_head, d)
+        return (k, v, table, k, v, table, group, index, cache.n_ctx)
 
 
 __all__ = ["FusedDecodeStep", "unsupported_reason", "MATRICES"]

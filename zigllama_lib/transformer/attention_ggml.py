@@ -35,7 +35,7 @@ from numba import njit, prange
 
 from ..linear_algebra.ggml_exact import fma_f32, hsum8
 from ..linear_algebra.ggml_simd import dot_f32_ggml_f16, dot_f32_lanes8, dot_f32_lanes8_rows
-from ..linear_algebra.half import to_f16
+from ..linear_algebra.half import f16_bits_to_f32, to_f16
 from ..neural_primitives.ggml_math import _v_expf
 
 KV_PAD = 256
@@ -198,4 +198,121 @@ def attention_ggml(q: np.ndarray, k_f16: np.ndarray, v_f16: np.ndarray, n_past: 
     vt[:, :, :n_kv] = np.asarray(v_f16[:n_kv], dtype=np.float16).transpose(1, 2, 0)
     out = np.empty((n_tok, n_head, d_v), np.float32)
     _attention_kernel(q, k, vt, n_past, np.float32(scale), n_cols, n_tok == 1, window or 0, out)
+    return out.reshape(n_tok, n_head * d_v)
+
+
+# -- attention over a paged cache ---------------------------------------------------------------
+@njit(cache=True, parallel=True, nogil=True)
+def _gather_cells(k_pool, v_pool, table, n_cells, block_size, k, vt):
+    """Cells ``0 .. n_cells-1`` of one layer read through the block table: cell ``c`` is row
+    ``c % B`` of block ``table[c // B]`` of ``k_pool, v_pool: (n_blocks, B, n_kv_head, d)`` float16.
+    (Passed as their uint16 bits.) Writes ``k (n_cols, n_kv_head, d)`` and ``vt (n_kv_head, d_v, n_cols)`` float32 (as
+    :func:`attention_ggml` lays out a contiguous cache); released blocks (-1) stay 0."""
+    n_kv_head, d = k.shape[1], k.shape[2]
+    d_v = vt.shape[1]
+    for bi in prange(-(-n_cells // block_size)):
+        b = table[bi]
+        if b < 0:
+            continue
+        for r in range(min(block_size, n_cells - bi * block_size)):
+            c = bi * block_size + r
+            for h in range(n_kv_head):
+                for j in range(d):
+                    k[c, h, j] = f16_bits_to_f32(k_pool[b, r, h, j])
+                for j in range(d_v):
+                    vt[h, j, c] = f16_bits_to_f32(v_pool[b, r, h, j])
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _attention_cells_kernel(q, q_pos, k, vt, cell_pos, scale, n_cols, decode, window, out):
+    """:func:`_attention_kernel` with llama.cpp's mask computed from each cell's position:
+    query ``t`` (position ``q_pos[t]``) sees cell ``c`` iff ``0 <= cell_pos[c] <= q_pos[t]`` (and
+    ``q_pos[t] - cell_pos[c] < window`` if ``window > 0``). Where cell ``c`` holds position ``c`` the
+    visible cells are ``first .. n_vis-1`` and every float operation is the same as there."""
+    n_tok, n_head, d = q.shape
+    n_kv_head = k.shape[1]
+    d_v = vt.shape[1]
+    n_cells = cell_pos.shape[0]
+    group = n_head // n_kv_head
+    for job in prange(n_tok * n_head):
+        t = _balanced_token(job // n_head, n_tok)
+        h = job % n_head
+        kvh = h // group
+        qp = q_pos[t]
+        lo, hi = n_cells, 0  # visible cells lie in lo .. hi-1
+        for c in range(n_cells):
+            pc = cell_pos[c]
+            if pc >= 0 and pc <= qp and (window <= 0 or qp - pc < window):
+                if c < lo:
+                    lo = c
+                hi = c + 1
+        w = np.full(n_cols, -np.inf, np.float32)
+        qrow = np.empty(d, np.float32)
+        for j in range(d):
+            qrow[j] = to_f16(q[t, h, j])
+        mx = np.float32(-np.inf)
+        if not decode and hi > lo:
+            _dots_tinyblas(k[:, kvh], lo, hi, qrow, d, w)
+        for c in range(lo, hi):
+            pc = cell_pos[c]
+            if pc >= 0 and pc <= qp and (window <= 0 or qp - pc < window):
+                s = _dot_vec_f16_simd(k[c, kvh], qrow, d) if decode else w[c]
+                w[c] = s * scale
+                if w[c] > mx:
+                    mx = w[c]
+            else:
+                w[c] = -np.inf
+        tmp_f = np.empty(1, np.float32)
+        tmp_u = tmp_f.view(np.uint32)
+        total = 0.0
+        p = np.zeros(n_cols, np.float32)
+        e = np.empty(8, np.float32)
+        for c0 in range(lo - lo % 8, hi, 8):
+            for l in range(8):
+                c = c0 + l
+                e[l] = _v_expf(w[c] - mx, tmp_f, tmp_u) if lo <= c < hi and w[c] != -np.inf else np.float32(0.0)
+                p[c] = e[l]
+            total += np.float64(hsum8(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]))
+        inv = np.float32(1.0 / total)
+        n_dot = min(n_cols, -(-hi // 32) * 32)
+        for c in range(lo, hi):
+            p[c] = to_f16(p[c] * inv)
+        if decode:
+            for j in range(d_v):
+                out[t, h, j] = _dot_vec_f16_simd(vt[kvh, j], p, n_dot)
+        else:
+            _dots_tinyblas(vt[kvh], 0, d_v, p, n_dot, out[t, h])
+
+
+def attention_ggml_paged(q: np.ndarray, q_pos: np.ndarray, k_pool: np.ndarray, v_pool: np.ndarray,
+                         table: np.ndarray, cell_pos: np.ndarray, block_size: int, scale: float,
+                         kv_pad: int = KV_PAD, window: int | None = None) -> np.ndarray:
+    """:func:`attention_ggml` over a paged cache, read through its block table.
+
+    Args:
+        q: (n_tok, n_head, d) float32 queries at positions ``q_pos (n_tok,)``.
+        k_pool, v_pool: (n_blocks, B, n_kv_head, d) float16, one layer of the pool.
+        table: (>= ceil(n_cells / B),) int64 block ids of the sequence (-1: released).
+        cell_pos: (n_cells,) int32 position held by each cell (-1: empty).
+    Returns:
+        (n_tok, n_head * d_v) float32. Where cell ``c`` holds position ``c`` (a plain sequence) the
+        result is bit-identical to :func:`attention_ggml` on the same keys in a contiguous cache: the
+        cells keep their lanes and chunks, the mask is the same (tested).
+    """
+    if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
+        raise ValueError(f"attention_ggml_paged: window must be a positive number of positions or None, got {window!r}")
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    n_tok, n_head, d = q.shape
+    n_cells = len(cell_pos)
+    n_kv_head, d_v = v_pool.shape[2], v_pool.shape[3]
+    n_cols = max(kv_pad, -(-n_cells // kv_pad) * kv_pad)
+    k = np.zeros((n_cols, n_kv_head, d), np.float32)
+    vt = np.zeros((n_kv_head, d_v, n_cols), np.float32)
+    if k_pool.dtype != np.float16 or v_pool.dtype != np.float16:
+        raise ValueError("attention_ggml_paged reads a float16 cache (llama.cpp's default cache type)")
+    _gather_cells(k_pool.view(np.uint16), v_pool.view(np.uint16), np.ascontiguousarray(table, np.int64),
+                  n_cells, block_size, k, vt)
+    out = np.empty((n_tok, n_head, d_v), np.float32)
+    _attention_cells_kernel(q, np.ascontiguousarray(q_pos, np.int64), k, vt, np.ascontiguousarray(cell_pos, np.int32),
+                            np.float32(scale), n_cols, n_tok == 1, window or 0, out)
     return out.reshape(n_tok, n_head * d_v)

@@ -9,7 +9,23 @@ O(T^2) work for T tokens; keeping them costs memory instead::
 SmolLM2-135M (30 layers, 3 KV heads of 64) at n_ctx = 2048 in float32: 94 MB.
 
 This is the simple contiguous cache: one preallocated block per layer, filled
-left to right. Layer 6 builds paged and sliding-window caches on the same idea.
+left to right. :mod:`.paged_kv_cache` cuts the same memory into fixed-size
+blocks shared between sequences (prefix sharing, copy-on-write, llama.cpp's
+``seq_*`` operations, sliding-window eviction).
+
+The interface :meth:`Decoder.forward` drives, which both caches offer::
+
+    cache.dtype              # float32 or float16
+    cache.n_past             # position of the next token
+    cache.check_room(n)      # raise ContextLengthError if n more tokens do not fit
+    cache.begin(n)           # reserve cells for n tokens -> their positions (n,)
+    cache.store(layer, k, v) # write the batch's k, v: (n, n_kv_head, d) -> what attention reads
+    cache.advance(n)         # the pass is over: the n tokens are cached
+    cache.is_linear()        # cell c holds position c (the compiled decode step's assumption)
+
+Here ``store`` returns the filled prefix ``k[layer, :n_past + n]`` (a view);
+the paged cache returns a :class:`~.paged_kv_cache.PagedCells` (block table
+and cell positions) that its attention kernel reads.
 """
 
 from __future__ import annotations
@@ -40,6 +56,13 @@ class KVCache:
             raise ContextLengthError(
                 f"{self.n_past} cached + {n_new} new tokens exceed the context of {self.n_ctx} tokens"
             )
+
+    def begin(self, n_new: int) -> np.ndarray:
+        """Positions ``n_past .. n_past + n_new - 1`` of the next tokens (their rows; nothing to reserve)."""
+        return np.arange(self.n_past, self.n_past + n_new)
+
+    def is_linear(self) -> bool:
+        return True
 
     def store(self, layer: int, k_new: np.ndarray, v_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Write ``k_new, v_new: (n_new, n_kv_head, head_dim)`` at ``n_past``; return the filled prefix views."""
