@@ -80,6 +80,7 @@ non-full SWA cache, which reuses those cells).
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -92,17 +93,40 @@ EMPTY = -1  # cell_pos of an empty cell; table entry of a released (evicted) blo
 POS_MAX = np.iinfo(np.int32).max
 
 
+def _anonymous_zeros(shape, dtype) -> np.ndarray:
+    """A zero array in its own anonymous ``mmap`` (pages resident only once written)."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(n, 1)), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def resident_bytes(a: np.ndarray) -> int:
+    """Resident bytes (RSS) of the pages under ``a``'s buffer, from ``/proc/self/smaps`` (Linux)."""
+    lo = a.__array_interface__["data"][0]
+    hi = lo + a.nbytes
+    total, cur = 0, None
+    with open("/proc/self/smaps", encoding="utf-8") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                cur = (start, end) if start < hi and end > lo else None
+            elif cur is not None and head == "Rss:":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
 class BlockPool:
     """``n_blocks`` blocks of ``block_size`` cells for ``n_layers`` layers, with reference counts.
 
-    ``np.zeros`` maps the pool lazily: a block costs resident memory (RSS) only once written.
+    The pool lives in an anonymous memory map: the kernel hands out zero pages on first write, so a
+    block costs resident memory (RSS) only once used (``resident_bytes`` measures it).
     """
 
     def __init__(self, n_blocks: int, n_layers: int, block_size: int, n_kv_head: int,
                  head_dim_k: int, head_dim_v: int, dtype):
         self.n_blocks, self.block_size = n_blocks, block_size
-        self.k = np.zeros((n_blocks, n_layers, block_size, n_kv_head, head_dim_k), dtype)
-        self.v = np.zeros((n_blocks, n_layers, block_size, n_kv_head, head_dim_v), dtype)
+        self.k = _anonymous_zeros((n_blocks, n_layers, block_size, n_kv_head, head_dim_k), dtype)
+        self.v = _anonymous_zeros((n_blocks, n_layers, block_size, n_kv_head, head_dim_v), dtype)
         self.refcount = np.zeros(n_blocks, np.int32)  # (n_blocks,): sequences whose table holds the block
         self._free = list(range(n_blocks - 1, -1, -1))  # pop() hands out the lowest free id
 
@@ -158,6 +182,7 @@ class _Sequence:
     n_cells: int = 0  # cells 0 .. n_cells-1 are in use (some may be empty)
     tables: list = field(default_factory=list)  # per group: block ids, EMPTY where released
     shift: np.ndarray | None = None  # (capacity,) int32: pending K-shift per cell (seq_add), or None
+    head: int = 0  # llama.cpp's v_heads[stream]: where the search for free cells starts
 
     def positions(self) -> np.ndarray:
         return self.cell_pos[:self.n_cells]
@@ -268,7 +293,8 @@ class PagedKVCache:
         s = self._seqs.get(seq_id)
         if s is None or s.n_cells == 0:
             return True
-        return s.shift is None and bool(np.array_equal(s.positions(), np.arange(s.n_cells)))
+        return (s.shift is None and bool(np.array_equal(s.positions(), np.arange(s.n_cells)))
+                and self._find_cells(s, 1)[0] == s.n_cells)
 
     # -- llama_memory_seq_* ----------------------------------------------------------------
     @staticmethod
@@ -281,7 +307,10 @@ class PagedKVCache:
         for sid in (list(self._seqs) if seq_id < 0 else [seq_id] if seq_id in self._seqs else []):
             s = self._seqs[sid]
             pos = s.positions()
-            pos[(pos >= p0) & (pos < p1)] = EMPTY
+            hit = np.flatnonzero((pos >= p0) & (pos < p1))
+            pos[hit] = EMPTY
+            if len(hit):
+                s.head = min(s.head, int(hit[0]))  # llama.cpp: search from the first freed cell
             self._trim(sid)
         return True
 
@@ -317,7 +346,7 @@ class PagedKVCache:
         self._drop(dst)
         s = self._seqs[src]
         copy = _Sequence(s.cell_pos.copy(), s.n_cells, [list(t) for t in s.tables],
-                         None if s.shift is None else s.shift.copy())
+                         None if s.shift is None else s.shift.copy(), s.head)
         for grp, table in zip(self.groups, copy.tables):
             for b in table:
                 if b != EMPTY:
@@ -361,6 +390,7 @@ class PagedKVCache:
         gone = hit & (pos < 0)
         pos[gone] = EMPTY
         s.shift[:s.n_cells][gone] = 0
+        s.head = int(np.argmax(gone)) if gone.any() else 0  # llama.cpp: first freed cell, else 0
         self._trim(seq_id)
 
     def apply_shifts(self, seq_id: int) -> None:
@@ -396,17 +426,35 @@ class PagedKVCache:
             if b != EMPTY and pool.refcount[b] > 1:
                 table[bi] = pool.copy_block(b)
 
+    @staticmethod
+    def _find_cells(s: _Sequence | None, n_new: int) -> list[int]:
+        """llama.cpp's ``find_slot(ubatch, cont=false)`` in the sequence's stream: from ``head`` (or
+        from 0 if ``head > used + 2 n``), the first ``n_new`` empty cells (cells past the last are
+        empty; the stream has no end here, so the search never wraps around)."""
+        if s is None:
+            return list(range(n_new))
+        pos = s.positions()
+        used = int(np.count_nonzero(pos >= 0))
+        c = 0 if s.head > used + 2 * n_new else s.head
+        cells = []
+        while len(cells) < n_new:
+            if c >= s.n_cells:
+                cells.extend(range(c, c + n_new - len(cells)))
+                break
+            if pos[c] < 0:
+                cells.append(c)
+            c += 1
+        return cells
+
     def blocks_needed(self, seq_id: int, n_new: int) -> list[int]:
-        """Per group: new blocks (fresh or copy-on-write) that appending ``n_new`` cells would take."""
+        """Per group: new blocks (fresh or copy-on-write) that storing ``n_new`` tokens would take."""
         s = self._seqs.get(seq_id)
-        n_cells, tables = (s.n_cells, s.tables) if s else (0, [[] for _ in self.groups])
-        B = self.block_size
+        tables = s.tables if s else [[] for _ in self.groups]
+        touched = sorted({c // self.block_size for c in self._find_cells(s, n_new)})
         need = []
         for grp, table in zip(self.groups, tables):
-            first, last = n_cells // B, (n_cells + n_new - 1) // B
-            fresh = max(0, last + 1 - len(table))
-            shared = sum(1 for bi in range(first, min(last + 1, len(table)))
-                         if table[bi] != EMPTY and grp.pool.refcount[table[bi]] > 1)
+            fresh = sum(1 for bi in touched if bi >= len(table) or table[bi] == EMPTY)
+            shared = sum(1 for bi in touched if bi < len(table) and table[bi] != EMPTY and grp.pool.refcount[table[bi]] > 1)
             need.append(fresh + shared)
         return need
 
@@ -417,43 +465,53 @@ class PagedKVCache:
                     f"{n_new} new tokens need {n} more blocks of {self.block_size} cells; "
                     f"{grp.pool.n_free} of {grp.pool.n_blocks} are free")
 
-    def append_cells(self, seq_id: int, n_new: int) -> tuple[int, np.ndarray]:
-        """Reserve ``n_new`` cells after the last one of ``seq_id`` (allocating and un-sharing blocks).
+    def append_cells(self, seq_id: int, n_new: int) -> tuple[np.ndarray, np.ndarray]:
+        """Reserve cells for ``n_new`` tokens of ``seq_id`` (allocating and un-sharing their blocks).
 
-        Returns ``(first_cell, positions (n_new,))``; the positions continue from ``seq_pos_max``.
+        Returns ``(cells (n_new,), positions (n_new,))``: the cells llama.cpp's slot search picks
+        (:meth:`_find_cells`; the cells after the last one for a plain sequence), the positions
+        ``seq_pos_max + 1 ..``.
         """
         self.check_room(seq_id, n_new)
         self.apply_shifts(seq_id)
         s = self._get(seq_id)
         start_pos = int(s.positions().max(initial=-1)) + 1
-        c0, c1 = s.n_cells, s.n_cells + n_new
-        if c1 > len(s.cell_pos):
-            cap = max(c1, 2 * len(s.cell_pos))
+        cells = np.array(self._find_cells(s, n_new), np.int64)
+        end = int(cells[-1]) + 1
+        if end > len(s.cell_pos):
+            cap = max(end, 2 * len(s.cell_pos))
             s.cell_pos = np.concatenate([s.cell_pos, np.full(cap - len(s.cell_pos), EMPTY, np.int32)])
         B = self.block_size
+        touched = sorted({int(c) // B for c in cells})
         for g, grp in enumerate(self.groups):
             table = s.tables[g]
-            self._own_blocks(s, g, range(c0 // B, min((c1 - 1) // B + 1, len(table))))
-            while len(table) <= (c1 - 1) // B:
-                table.append(grp.pool.alloc())
+            while len(table) <= touched[-1]:
+                table.append(EMPTY)
+            for bi in touched:
+                if table[bi] == EMPTY:
+                    table[bi] = grp.pool.alloc()
+            self._own_blocks(s, g, touched)
         positions = np.arange(start_pos, start_pos + n_new, dtype=np.int32)
-        s.cell_pos[c0:c1] = positions
-        s.n_cells = c1
-        return c0, positions
+        s.cell_pos[cells] = positions
+        s.n_cells = max(s.n_cells, end)
+        s.head = end  # llama.cpp's apply_ubatch: the head moves past the slot
+        return cells, positions
 
-    def write(self, seq_id: int, layer: int, first_cell: int, k_new: np.ndarray, v_new: np.ndarray) -> None:
-        """Store ``k_new, v_new: (n, n_kv_head, d)`` in cells ``first_cell ..`` of ``layer``, block by block."""
+    def write(self, seq_id: int, layer: int, cells: np.ndarray, k_new: np.ndarray, v_new: np.ndarray) -> None:
+        """Store ``k_new, v_new: (n, n_kv_head, d)`` in ``cells (n,)`` of ``layer``, a run of cells of one block at a time."""
         s = self._seqs[seq_id]
         g, j = self.layer_group[layer], self.layer_index[layer]
         pool, table, B = self.groups[g].pool, s.tables[g], self.block_size
-        c, n = first_cell, len(k_new)
-        while c < first_cell + n:
-            off = c % B
-            m = min(B - off, first_cell + n - c)
-            b = table[c // B]
-            store_as_f16(pool.k[b, j, off:off + m], k_new[c - first_cell:c - first_cell + m])
-            store_as_f16(pool.v[b, j, off:off + m], v_new[c - first_cell:c - first_cell + m])
-            c += m
+        i, n = 0, len(cells)
+        while i < n:
+            c = int(cells[i])
+            m = 1
+            while i + m < n and cells[i + m] == c + m and (c + m) % B:
+                m += 1
+            b, off = table[c // B], c % B
+            store_as_f16(pool.k[b, j, off:off + m], k_new[i:i + m])
+            store_as_f16(pool.v[b, j, off:off + m], v_new[i:i + m])
+            i += m
 
     def evict(self, seq_id: int) -> None:
         """Release the sliding-window groups' full blocks that no later query can see."""
@@ -466,11 +524,12 @@ class PagedKVCache:
             if not grp.window:
                 continue
             table = s.tables[g]
-            for bi in range(s.n_cells // B):  # full blocks only: later tokens never land in them
+            for bi in range(min(len(table), s.n_cells // B)):
                 if table[bi] == EMPTY:
                     continue
                 block_pos = s.cell_pos[bi * B:(bi + 1) * B]
-                if np.all(p_next - block_pos[block_pos >= 0] >= grp.window):  # masked for every later query
+                # every cell taken (no later token lands in the block) and masked for every later query
+                if np.all(block_pos >= 0) and np.all(p_next - block_pos >= grp.window):
                     grp.pool.decref(table[bi])
                     table[bi] = EMPTY
 
@@ -491,6 +550,11 @@ class PagedKVCache:
     def nbytes(self) -> int:
         """Bytes of the pools (reserved address space; pages become resident when written)."""
         return sum(grp.pool.k.nbytes + grp.pool.v.nbytes for grp in self.groups)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Measured resident memory of the pools (Linux ``/proc/self/smaps``)."""
+        return sum(resident_bytes(grp.pool.k) + resident_bytes(grp.pool.v) for grp in self.groups)
 
     @property
     def n_allocated_blocks(self) -> int:
@@ -518,7 +582,7 @@ class PagedSequence:
 
     def __init__(self, cache: PagedKVCache, seq_id: int):
         self.cache, self.seq_id = cache, seq_id
-        self._first_cell: int | None = None  # during a forward pass: the first cell being written
+        self._cells: np.ndarray | None = None  # during a forward pass: the cells being written (n_new,)
         self._start_pos = 0
 
     @property
@@ -528,7 +592,7 @@ class PagedSequence:
     @property
     def n_past(self) -> int:
         """Position of the next token: ``seq_pos_max + 1`` (frozen during a forward pass)."""
-        if self._first_cell is not None:
+        if self._cells is not None:
             return self._start_pos
         return self.cache.seq_pos_max(self.seq_id) + 1
 
@@ -545,18 +609,18 @@ class PagedSequence:
 
     def begin(self, n_new: int) -> np.ndarray:
         """Reserve cells for ``n_new`` tokens; returns their positions ``(n_new,)``."""
-        self._first_cell, pos = self.cache.append_cells(self.seq_id, n_new)
+        self._cells, pos = self.cache.append_cells(self.seq_id, n_new)
         self._start_pos = int(pos[0])
         return pos
 
     def store(self, layer: int, k_new: np.ndarray, v_new: np.ndarray) -> PagedCells:
         """Write the batch's ``k_new, v_new: (n_new, n_kv_head, d)`` of ``layer``; return the layer's cells."""
-        self.cache.write(self.seq_id, layer, self._first_cell, k_new, v_new)
+        self.cache.write(self.seq_id, layer, self._cells, k_new, v_new)
         return self.cache.cells(self.seq_id, layer)
 
     def advance(self, n_new: int) -> None:
-        self._first_cell = None
+        self._cells = None
         self.cache.evict(self.seq_id)
 
 
-__all__ = ["PagedKVCache", "PagedSequence", "PagedCells", "BlockPool", "LayerGroup", "EMPTY"]
+__all__ = ["PagedKVCache", "PagedSequence", "PagedCells", "BlockPool", "LayerGroup", "EMPTY", "resident_bytes"]
