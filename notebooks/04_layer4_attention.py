@@ -734,7 +734,7 @@ def draw_paged(cache, seqs, ax_tables, ax_pool):
     held = sorted({int(r) for r in refs if r})
     ax_tables.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours.get(r, "#e6550d")) for r in held],
                      labels=[f"held by {r} sequence{'s' if r > 1 else ''}" for r in held],
-                     loc="lower right", fontsize=7, frameon=False)
+                     loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=len(held), fontsize=7, frameon=False)
 
 
 fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(9, 2.8), gridspec_kw={"width_ratios": [1.3, 1]})

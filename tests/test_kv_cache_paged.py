@@ -65,6 +65,19 @@ def test_smollm_paged_generic_decode_equals_contiguous(smollm, generic_path):
     assert _same(_paged(generic_path, cache.sequence(0), ids, 12), ref)
 
 
+def test_float_numerics_on_a_paged_cache_equal_the_contiguous_cache(smollm):
+    """The reference numerics (float32 cache) gather the cells in order: the same arrays, the same logits."""
+    dec, nm = smollm.decoder, numerics_named("float")
+    ids = smollm.tokenizer.encode("Blocks of four cells hold this sentence.")
+    contiguous = dec.new_cache(len(ids), nm)
+    ref = [dec.forward(ids[:5], contiguous, nm)] + [dec.forward([t], contiguous, nm) for t in ids[5:]]
+    cache = dec.new_paged_cache(8, nm, block_size=4)
+    assert cache.dtype == np.float32
+    view = cache.sequence(0)
+    ours = [dec.forward(ids[:5], view, nm)] + [dec.forward([t], view, nm) for t in ids[5:]]
+    assert _same(ours, ref)
+
+
 def test_forks_copy_on_write_give_each_sequence_its_own_logits(smollm):
     dec = smollm.decoder
     prompt = smollm.tokenizer.encode("Three friends walked into the forest and")  # not a multiple of 16
