@@ -47,15 +47,34 @@ def generic_path(smollm):
     dec.fused_decode = True
 
 
-@pytest.mark.parametrize("n_prefill", [15, 16, 17, 33])
-def test_smollm_paged_equals_contiguous_bit_for_bit(smollm, n_prefill):
+@pytest.mark.parametrize("block_size,n_prefill", [(16, 15), (16, 16), (16, 17), (16, 33), (32, 31), (32, 64), (1, 5)])
+def test_smollm_paged_equals_contiguous_bit_for_bit(smollm, block_size, n_prefill):
     dec = smollm.decoder
     rng = np.random.default_rng(n_prefill)
     ids = [1] + rng.integers(2, smollm.n_vocab, n_prefill + 3).tolist()  # decode crosses a block boundary
     ref = _contiguous(dec, ids, n_prefill)
-    cache = dec.new_paged_cache(8, NM, block_size=16)
+    cache = dec.new_paged_cache(-(-len(ids) // block_size), NM, block_size=block_size)  # exactly enough blocks
     assert _same(_paged(dec, cache.sequence(0), ids, n_prefill), ref)  # fused decode on the block table
-    assert cache.n_allocated_blocks == -(-len(ids) // 16)
+    assert cache.n_allocated_blocks == -(-len(ids) // block_size)
+
+
+def test_prefill_into_a_fork_copies_the_shared_block_and_matches_contiguous(smollm):
+    """A multi-token batch appended to a fork whose last block is shared (copy-on-write inside a prefill)."""
+    dec = smollm.decoder
+    rng = np.random.default_rng(11)
+    prompt = [1] + rng.integers(2, smollm.n_vocab, 20).tolist()  # 21 tokens: block 1 holds 5 of 16 cells
+    tails = {0: rng.integers(2, smollm.n_vocab, 14).tolist(), 1: rng.integers(2, smollm.n_vocab, 30).tolist()}
+    cache = dec.new_paged_cache(12, NM, block_size=16)
+    dec.forward(prompt, cache.sequence(0), NM)
+    cache.fork(0, 1)
+    for seq in (1, 0):
+        ours = dec.forward(tails[seq], cache.sequence(seq), NM, all_logits=True)
+        contiguous = dec.new_cache(len(prompt) + len(tails[seq]), NM)
+        dec.forward(prompt, contiguous, NM)
+        assert np.array_equal(ours, dec.forward(tails[seq], contiguous, NM, all_logits=True)), f"sequence {seq}"
+    assert cache.tables(0)[0][0] == cache.tables(1)[0][0]  # the full first block is still shared
+    assert cache.block_refs()[int(cache.tables(0)[0][0])] == 2
+    assert cache.tables(0)[0][1] != cache.tables(1)[0][1]  # the partial one was copied
 
 
 def test_smollm_paged_generic_decode_equals_contiguous(smollm, generic_path):

@@ -533,14 +533,15 @@ class PagedKVCache:
             if not grp.window:
                 continue
             table = s.tables[g]
-            for bi in range(min(len(table), s.n_cells // B)):
+            for bi in range(min(len(table), s.n_cells // B)):  # oldest first; stop at the first kept block
                 if table[bi] == EMPTY:
                     continue
                 block_pos = s.cell_pos[bi * B:(bi + 1) * B]
                 # every cell taken (no later token lands in the block) and masked for every later query
-                if np.all(block_pos >= 0) and np.all(p_next - block_pos >= grp.window):
-                    grp.pool.decref(table[bi])
-                    table[bi] = EMPTY
+                if not (np.all(block_pos >= 0) and np.all(p_next - block_pos >= grp.window)):
+                    break  # (releasing is an optimisation: stopping early only delays it)
+                grp.pool.decref(table[bi])
+                table[bi] = EMPTY
 
     def cells(self, seq_id: int, layer: int) -> PagedCells:
         s = self._seqs[seq_id]
