@@ -36,6 +36,13 @@ product goes through layer 2's quantised kernels.
   final logits by up to ~0.5), so only bit-exact arithmetic gives llama.cpp's
   tokens; on SmolLM2's Q4_1 file the logits are identical. Other weight types
   use the 8-bit rounding with our own summation order.
+
+Caches: ``new_cache(n_ctx, numerics)`` is one contiguous sequence;
+``new_paged_cache(n_blocks, numerics, block_size)`` is a pool of blocks for many
+sequences (prefix sharing, llama.cpp's ``seq_*`` operations, the sliding-window
+layers in their own evicting pool); run sequence ``s`` with
+``forward(ids, cache.sequence(s), numerics)``. Attention reads the paged cells
+through the block table in the contiguous cache's order: bit-identical logits.
 """
 
 from __future__ import annotations

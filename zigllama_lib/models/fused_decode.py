@@ -12,6 +12,7 @@ Here every layer of a decode step runs inside one Numba function::
         (q, k = rms_norm per head)                      # Gemma 3's q/k norms
         q, k = rope(q), rope(k);  (q *= scale);  cache[pos] = f16(k), f16(v)
         a = attention(q, cache[first:pos+1])            # parallel over heads; first > 0: sliding window
+                                                        # cell c read at block table[c // B], row c % B
         h += (post_norm) Wo Q8(a)                       # 1 parallel region; Q8_K if Wo is a K-quant
         x = rms_norm(h) * ffn_norm;  xq = Q8_1(x)
         h += (post_norm) Wdown Q8(act(Wgate xq) * Wup xq)   # 2 parallel regions; act: silu or GELU
@@ -23,6 +24,12 @@ with the same operations, in the same order, as the generic path with
 to llama.cpp's (tested, for SmolLM2 and Gemma 3). Supported: llama-family and Gemma 3
 blocks (no attention biases) with Q4_1 / Q5_0 / Q8_0 matrices, and Q4_K / Q6_K where a
 matrix's input is quantised for it alone (Wo, Wdown); anything else runs the generic path.
+
+The cache is read through a block table: a :class:`~..transformer.paged_kv_cache.PagedKVCache`
+sequence (its full-attention and sliding-window pools, each with its table) or the contiguous
+:class:`~..transformer.kv_cache.KVCache` seen as one block of ``n_ctx`` cells. The step needs a
+plain sequence (cell ``c`` holds position ``c``); after ``seq_add`` / a hole the decoder runs the
+generic path, whose paged attention masks by each cell's position (the same bits as llama.cpp).
 """
 
 from __future__ import annotations
