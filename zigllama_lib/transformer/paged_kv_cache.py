@@ -85,9 +85,18 @@ prefill), whatever the sequence length. The cells they lost are exactly the
 ones the mask hides from every later query, so the logits equal those of a
 full-size cache with the mask (llama.cpp's ``swa_full = true``, the default of
 ``llama_context_default_params``) at any length (tested against the contiguous
-cache past the window). Positions only grow in that argument: a ``seq_add``
-with a negative shift cannot bring evicted cells back (neither can llama.cpp's
-non-full SWA cache, which reuses those cells).
+cache past the window, and against llama.cpp at 552 tokens). Positions only grow
+in that argument: a ``seq_add`` with a negative shift cannot bring evicted cells
+back (neither can llama.cpp's non-full SWA cache, which reuses those cells).
+
+llama.cpp's *non-full* SWA cache (``swa_full = false``) is a ring of
+``pad(window + n_ubatch, 256)`` cells whose masked cells are overwritten: once it
+wraps, a token lands in a cell whose lane differs from its position's, and the
+sums change order. Measured on Gemma 3 270M, 900 tokens one at a time
+(``n_ubatch = 32``: a ring of 768 cells): our logits equal that llama.cpp's for
+the first 770 steps and differ from there on (by up to 6.6); they equal
+``swa_full = true`` at every step. Reproducing the ring's placement would need
+the sliding-window group to have its own cell numbering (left for later).
 """
 
 from __future__ import annotations
