@@ -49,6 +49,23 @@ class LlamaSeqOracle:
         ptr = self.lc.llama_get_logits_ith(self.ctx, len(ids) - 1)
         return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (self.n_vocab,)).copy()[None]
 
+    def decode_batch(self, seqs, tokens) -> np.ndarray:
+        """One ``llama_decode`` of token ``tokens[r]`` for sequence ``seqs[r]`` (each after its last
+        position), every row's logits requested: ``(n, n_vocab)``."""
+        b = self.batch
+        b.n_tokens = len(tokens)
+        for i, (seq, t) in enumerate(zip(seqs, tokens)):
+            b.token[i], b.pos[i], b.n_seq_id[i] = int(t), self.seq_pos_max(seq) + 1, 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = 1
+        rc = self.lc.llama_decode(self.ctx, b)
+        assert rc == 0, f"llama_decode returned {rc}"
+        rows = []
+        for i in range(len(tokens)):
+            ptr = self.lc.llama_get_logits_ith(self.ctx, i)
+            rows.append(np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (self.n_vocab,)).copy())
+        return np.array(rows)
+
     def seq_rm(self, seq, p0=-1, p1=-1):
         return self.lc.llama_memory_seq_rm(self.mem, seq, p0, p1)
 

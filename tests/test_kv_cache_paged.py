@@ -236,3 +236,34 @@ def gemma_model(gemma_path):
     import zigllama_lib as zl
 
     return zl.load(gemma_path, n_ctx=1024, progress=False)
+
+
+@pytest.mark.parametrize("model_name", ["smollm", "gemma"])
+def test_forward_batch_of_several_sequences_matches_llama_cpp_batch(model_name, smollm, smollm_path, gemma_model,
+                                                                    gemma_path, llama_cpp):
+    """Continuous batching's step: 4 sequences (a shared prompt forked, then different lengths) decode
+    one token each in one pass; the logits equal llama.cpp's one llama_decode of the same 4-token batch
+    (whose products run llama.cpp's kernels for 4 tokens: not the one-token step's bits)."""
+    model, path = (smollm, smollm_path) if model_name == "smollm" else (gemma_model, gemma_path)
+    dec = model.decoder
+    prompt = model.tokenizer.encode("In the beginning the library had only one shelf, and")
+    oracle = LlamaSeqOracle(llama_cpp, path, n_ctx=1024, n_seq_max=4)
+    cache = dec.new_paged_cache(32, NM, block_size=16)
+    try:
+        oracle.decode(0, prompt)
+        dec.forward(prompt, cache.sequence(0), NM)
+        for seq in (1, 2, 3):
+            oracle.seq_cp(0, seq)
+            cache.fork(0, seq)
+        for seq in (1, 2, 3):  # sequence s gets s extra tokens first: different lengths
+            for j in range(seq):
+                oracle.decode(seq, [1000 + 10 * seq + j])
+                dec.forward([1000 + 10 * seq + j], cache.sequence(seq), NM)
+        seqs = [0, 1, 2, 3]
+        for step in range(3):
+            tokens = [2000 + 10 * step + s for s in seqs]
+            ref = oracle.decode_batch(seqs, tokens)
+            ours = dec.forward_batch(tokens, [cache.sequence(s) for s in seqs], NM)
+            assert np.array_equal(ours, ref), f"step {step}: max |diff| {np.abs(ours - ref).max()}"
+    finally:
+        oracle.close()

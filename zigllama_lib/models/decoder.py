@@ -52,7 +52,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..foundation.errors import ModelError
+from ..foundation.errors import ContextLengthError, ModelError
 from ..foundation.ggml_types import GGMLType
 from ..foundation.gguf import GGUFFile
 from ..foundation.threads import blas_single_threaded
@@ -293,9 +293,13 @@ class Decoder:
             h = h * np.float32(np.sqrt(self.spec.d_model))
         return h
 
-    def attention_block(self, i: int, x: np.ndarray, cache: KVCache | PagedSequence, nm: Numerics,
-                        return_weights: bool = False):
-        """Self-attention of layer ``i`` on normalised input ``x: (n_tok, d_model)``; stores K, V in ``cache``."""
+    def attention_block(self, i: int, x: np.ndarray, cache: KVCache | PagedSequence | list, nm: Numerics,
+                        return_weights: bool = False, positions: np.ndarray | None = None):
+        """Self-attention of layer ``i`` on normalised input ``x: (n_tok, d_model)``; stores K, V in ``cache``.
+
+        ``cache`` may be a list of ``n_tok`` :class:`PagedSequence` views, one token each, at ``positions
+        (n_tok,)`` (:meth:`forward_batch`): the products run on all rows at once, attention per sequence.
+        """
         s, lw = self.spec, self.layers[i]
         n_tok = len(x)
         x = nm.share_input(x)  # q, k and v quantise x once (llama.cpp numerics)
@@ -308,7 +312,7 @@ class Decoder:
         if lw.q_norm is not None:
             q = nm.rms_norm(q, lw.q_norm, s.norm_eps)
             k = nm.rms_norm(k, lw.k_norm, s.norm_eps)
-        pos = np.arange(cache.n_past, cache.n_past + n_tok)
+        pos = np.arange(cache.n_past, cache.n_past + n_tok) if positions is None else positions
         base = s.rope_base_for(i)
         q = nm.rope(q, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
         k = nm.rope(k, pos, s.rope_dims, base, s.traits.rope_mode, s.rope_freq_scale)
@@ -316,7 +320,10 @@ class Decoder:
         if s.traits.scale_q:  # llama.cpp's Gemma 3 graph: Q * scale after RoPE, softmax scale 1
             q, scale = q * np.float32(scale), 1.0
         window = s.sliding_window if s.is_sliding(i) else None
-        if isinstance(cache, PagedSequence):  # attention reads the block table
+        if isinstance(cache, list):  # a batch: row r is the next token of sequence cache[r]
+            out = np.concatenate([nm.paged_attention(q[r:r + 1], pos[r:r + 1], view.store(i, k[r:r + 1], v[r:r + 1]),
+                                                     scale, window=window) for r, view in enumerate(cache)])
+        elif isinstance(cache, PagedSequence):  # attention reads the block table
             cells = cache.store(i, k, v)
             out = nm.paged_attention(q, pos, cells, scale, window=window, return_weights=return_weights)
         else:
@@ -376,15 +383,24 @@ class Decoder:
                 self._fused = FusedDecodeStep(self)
             return self._fused(int(ids[0]), cache)  # the same bits as the loop below, ~3x faster
         cache.begin(len(ids))  # a paged cache reserves cells (and un-shares blocks) here
-        h = self.embed(ids)
+        h = self._layers(self.embed(ids), cache, numerics, all_logits, attention_sink)
+        cache.advance(len(ids))
+        if not all_logits:
+            h = h[-1:]
+        return numerics.matmul(self.output, numerics.rms_norm(h, self.output_norm, s.norm_eps))
+
+    def _layers(self, h, cache, numerics: Numerics, all_rows: bool, attention_sink: list | None = None,
+                positions: np.ndarray | None = None) -> np.ndarray:
+        """Every block on ``h: (n_tok, d_model)``; returns the hidden states (all rows, or the last one)."""
+        s = self.spec
         for i, lw in enumerate(self.layers):
             x = numerics.rms_norm(h, lw.attn_norm, s.norm_eps)
             if attention_sink is not None:
                 a, w = self.attention_block(i, x, cache, numerics, return_weights=True)
                 attention_sink.append(w)
             else:
-                a = self.attention_block(i, x, cache, numerics)
-            if i == s.n_layer - 1 and not all_logits:
+                a = self.attention_block(i, x, cache, numerics, positions=positions)
+            if i == s.n_layer - 1 and not all_rows:
                 # llama.cpp's graph keeps only the output rows (``inp_out_ids``) from here on: the
                 # last FFN runs on one token, so its kernels are the one-token ones (e.g. Q6_K's
                 # vec_dot, not the tiled matmul it runs for 8+ tokens) -- the same bits as its decode
@@ -397,9 +413,35 @@ class Decoder:
             if lw.post_ffn_norm is not None:
                 f = numerics.rms_norm(f, lw.post_ffn_norm, s.norm_eps)
             h = h + f
-        cache.advance(len(ids))
-        if not all_logits:
-            h = h[-1:]
+        return h
+
+    def forward_batch(self, tokens, seqs: list[PagedSequence], numerics: Numerics) -> np.ndarray:
+        """One decode step of several sequences of one paged cache in one pass (continuous batching).
+
+        Row ``r`` is the next token of ``seqs[r]`` (distinct sequences) at that sequence's next
+        position. The weight products run on all ``n`` rows at once, as llama.cpp's one ``llama_decode``
+        of a batch of ``n`` sequences does (its kernels for ``n`` tokens), and each row attends over
+        its own sequence's cells (llama.cpp, one stream per sequence: KQ of one query per stream, the
+        decode kernel). Returns logits ``(n, n_vocab)``; equal, bit for bit, to llama.cpp's for the same
+        batch (tested with ``numerics="llama.cpp"``).
+        """
+        s = self.spec
+        ids = np.asarray(tokens, dtype=np.int64)
+        if ids.ndim != 1 or len(ids) != len(seqs) or len(ids) == 0:
+            raise ModelError("forward_batch needs one token id per sequence")
+        if len({(id(v.cache), v.seq_id) for v in seqs}) != len(seqs):
+            raise ModelError("forward_batch: each sequence may appear once per step")
+        if ids.min() < 0 or ids.max() >= s.n_vocab:
+            raise ModelError(f"token id out of range [0, {s.n_vocab})")
+        cache = seqs[0].cache
+        need = np.sum([cache.blocks_needed(v.seq_id, 1) for v in seqs], axis=0)  # an upper bound
+        for grp, n in zip(cache.groups, need):
+            if n > grp.pool.n_free:
+                raise ContextLengthError(f"the batch may need {n} more blocks; {grp.pool.n_free} are free")
+        positions = np.array([int(v.begin(1)[0]) for v in seqs], np.int64)
+        h = self._layers(self.embed(ids), list(seqs), numerics, True, positions=positions)
+        for v in seqs:
+            v.advance(1)
         return numerics.matmul(self.output, numerics.rms_norm(h, self.output_norm, s.norm_eps))
 
     # -- anatomy ------------------------------------------------------------
