@@ -791,8 +791,11 @@ plt.show()
 # old positions, are rotated again by the shift). Gemma 3's sliding-window
 # layers get their own pool whose blocks are released once the window has
 # passed them, so those layers hold at most $\lceil 512/B \rceil + 1$ blocks
-# per sequence however long it grows. The tests compare all of it with
-# llama.cpp's own cache, bit for bit.
+# per sequence however long it grows. And `dec.forward_batch(tokens, views,
+# numerics)` runs the next token of several sequences in one pass (the weight
+# products on all rows at once, attention per sequence through its table): the
+# step that continuous batching repeats. The tests compare all of it with
+# llama.cpp's own cache and batches, bit for bit.
 
 # %% [markdown]
 # ## Summary

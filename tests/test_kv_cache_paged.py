@@ -211,7 +211,7 @@ def test_gemma_sliding_window_cache_stays_bounded_and_exact_past_the_window(gemm
     ids = [2] + rng.integers(100, 200000, 551).tolist()
     n_prefill = 512
     ref = _contiguous(dec, ids, n_prefill)
-    cache = dec.new_paged_cache(18, NM, block_size=32, n_blocks_window=18)
+    cache = dec.new_paged_cache(20, NM, block_size=32, n_blocks_window=18)  # two pools of different sizes
     view = cache.sequence(0)
     ours = [dec.forward(ids[:n_prefill], view, NM)]
     peak = 0
