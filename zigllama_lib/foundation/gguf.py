@@ -385,6 +385,16 @@ class GGUFFile:
         self.tensors: dict[str, TensorInfo] = {}
         for name, shape, type_id, offset in raw:
             self.tensors[name] = self._tensor_info(name, shape, type_id, offset, r.size)
+        self._check_overlaps()
+
+    def _check_overlaps(self) -> None:
+        """Two tensors may not share bytes (llama.cpp requires disjoint, in-file data)."""
+        spans = sorted((t.offset, t.offset + t.n_bytes, t.name) for t in self.tensors.values() if t.n_bytes)
+        for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise GGUFError(
+                    f"{self.path}: tensors {an!r} [{a0}, {a1}) and {bn!r} [{b0}, {b1}) overlap in the file"
+                )
 
     def _parse_preamble(self, r: _HeaderReader) -> None:
         r.need(4, "magic")

@@ -63,7 +63,10 @@ from ..foundation.errors import ChatTemplateError
 MAX_TEMPLATE_CHARS = 1_000_000  # the largest real templates are ~30 kB
 MAX_OUTPUT_CHARS = 4_000_000  # ~1M tokens: far beyond any context window
 MAX_RANGE_ITEMS = 1_000_000  # range() items per rendering, nested loops included
-_MAX_POW_BITS = 1 << 16  # refuse a ** b whose result would need more bits than this
+_MAX_POW_BITS = 1 << 16  # refuse a ** b (or a * b of ints) whose result would need more bits than this
+MAX_RENDER_SECONDS = 5.0  # wall time of one rendering, checked at every loop item and call
+_WIDTH_RE = re.compile(r"%[-+ #0]*(\d+)|\.(\d+)|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+_WIDTH_METHODS = ("center", "ljust", "rjust", "zfill", "expandtabs")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 _REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
@@ -266,6 +269,75 @@ def _budgeted_range(*args: int) -> range:
     return r
 
 
+def _check_time() -> None:
+    budget = _budget.get(None)
+    if budget is not None:
+        budget[3] += 1
+        if budget[3] & 255 == 0 and _now() > budget[2]:
+            raise ChatTemplateError(f"chat template ran longer than its limit of {budget[4]:g} s (an endless "
+                                    "or exponential loop?)")
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _loop_guard(iterable: Any):
+    """Every ``{% for %}`` iterates through this: each item is a step against the time limit."""
+    for item in iterable:
+        _check_time()
+        yield item
+
+
+def _concat(*parts: Any) -> str:
+    """``a ~ b ~ c`` with its length checked before it is built."""
+    limit = _budget.get([0, MAX_OUTPUT_CHARS])[1]
+    texts = [p if isinstance(p, str) else str(p) for p in parts]
+    if sum(map(len, texts)) > limit:
+        raise ChatTemplateError(f"chat template built a string longer than {limit:,} characters with '~'")
+    return "".join(texts)
+
+
+def _check_width(n: Any, what: str) -> None:
+    limit = _budget.get([0, MAX_OUTPUT_CHARS])[1]
+    if isinstance(n, int) and n > limit:
+        raise ChatTemplateError(f"chat template asked for a {what} of {n:,} characters (limit {limit:,})")
+
+
+def _check_spec(fmt: Any) -> None:
+    if isinstance(fmt, str):
+        for m in _WIDTH_RE.finditer(fmt):
+            for g in m.groups():
+                if g and len(g) < 30:
+                    _check_width(int(g), "field width")
+                elif g:
+                    raise ChatTemplateError("chat template used an absurd field width")
+
+
+def _center(value: Any, width: int = 80) -> str:
+    _check_width(width, "centred width")
+    return str(value).center(width)
+
+
+def _indent(value: Any, width: Any = 4, first: bool = False, blank: bool = False) -> str:
+    from jinja2.filters import do_indent
+
+    _check_width(width if isinstance(width, int) else len(str(width)), "indent")
+    _check_width(len(str(value)) * (width if isinstance(width, int) else len(str(width)) + 1), "indented text")
+    return do_indent(value, width, first, blank)
+
+
+def _format(value: Any, *args: Any, **kwargs: Any) -> str:
+    from jinja2.filters import do_format
+
+    _check_spec(value)
+    for a in args:
+        _check_width(a, "format argument")
+    return do_format(value, *args, **kwargs)
+
+
 def _template_dict(*args: Any, **kwargs: Any) -> dict:
     return dict(*args, **kwargs)
 
@@ -289,6 +361,9 @@ def _make_environment():
 
         def __setitem__(self, name: str, value: Any) -> None:
             _check_name(name)
+            limit = _budget.get([0, MAX_OUTPUT_CHARS])[1]
+            if isinstance(value, (str, list, tuple)) and len(value) > limit:
+                raise ChatTemplateError(f"chat template stored a value longer than {limit:,} items")
             Namespace.__setitem__(self, name, value)
 
     def _check_name(name: Any) -> None:
@@ -310,7 +385,33 @@ def _make_environment():
             return caller()
 
     class ChatEnvironment(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset({"+", "*", "**"})
+        intercepted_binops = frozenset({"+", "*", "**", "%"})
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's signature)
+            _check_time()
+            limit = _budget.get([0, MAX_OUTPUT_CHARS])[1]
+            for a in (*args, *kwargs.values()):
+                if isinstance(a, (str, list, tuple)) and len(a) > limit:
+                    raise ChatTemplateError(f"chat template passed a value longer than {limit:,} items")
+            owner = getattr(__obj, "__self__", None)
+            name = getattr(__obj, "__name__", "")
+            if isinstance(owner, str):
+                if name in _WIDTH_METHODS:
+                    for a in (*args, *kwargs.values()):
+                        _check_width(a, f"str.{name} width")
+                elif name in ("format", "format_map"):
+                    _check_spec(owner)
+                    for a in (*args, *kwargs.values()):
+                        _check_width(a, "format argument")
+                elif name == "join" and args and isinstance(args[0], (list, tuple)):
+                    total = sum(len(x) for x in args[0] if isinstance(x, str)) + len(owner) * len(args[0])
+                    if total > limit:
+                        raise ChatTemplateError(f"chat template joined {total:,} characters (limit {limit:,})")
+                elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+                    n = owner.count(args[0]) if args[0] else len(owner) + 1
+                    if len(owner) + n * max(0, len(args[1]) - len(args[0])) > limit:
+                        raise ChatTemplateError(f"chat template's replace() would exceed {limit:,} characters")
+            return super().call(__context, __obj, *args, **kwargs)
 
         def unsafe_undefined(self, obj, attribute):
             # Jinja returns an Undefined that prints as "" and raises only when used further;
@@ -323,6 +424,14 @@ def _make_environment():
             if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
                     and abs(left) > 1 and right * math.log2(abs(left)) > _MAX_POW_BITS:
                 raise ChatTemplateError(f"chat template computed {left} ** {right}: too large")
+            if operator == "%" and isinstance(left, str):
+                _check_spec(left)
+                for a in (right if isinstance(right, tuple) else (right,)):
+                    _check_width(a, "format argument")
+            if operator == "*" and isinstance(left, int) and isinstance(right, int) \
+                    and left.bit_length() + right.bit_length() > _MAX_POW_BITS:
+                raise ChatTemplateError("chat template computed a product of more than "
+                                        f"{_MAX_POW_BITS} bits: too large")
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
                     if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > limit:
@@ -334,8 +443,10 @@ def _make_environment():
 
     env = ChatEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, GenerationTag])
     env.filters["tojson"] = _tojson
+    env.filters.update(center=_center, indent=_indent, format=_format)
+    env.globals.pop("lipsum", None)  # unbounded text generator, no template needs it
     env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, range=_budgeted_range,
-                       dict=_template_dict, namespace=TemplateNamespace)
+                       dict=_template_dict, namespace=TemplateNamespace, zl_loop_guard=_loop_guard, zl_concat=_concat)
     return env
 
 
@@ -348,8 +459,18 @@ def _environment():
 def _compile(source: str):
     import jinja2
 
+    from jinja2 import nodes
+
     try:
-        return _environment().from_string(source)
+        env = _environment()
+        ast = env.parse(source)
+        for loop in ast.find_all(nodes.For):  # every loop item is a step against the time limit
+            loop.iter = nodes.Call(nodes.Name("zl_loop_guard", "load"), [loop.iter], [], None, None)
+        for cat in list(ast.find_all(nodes.Concat)):  # a ~ b: length checked before it is built
+            cat.nodes = [nodes.Call(nodes.Name("zl_concat", "load"), cat.nodes, [], None, None)]
+        return env.from_string(ast)
+    except RecursionError:
+        raise ChatTemplateError("chat template nests too deeply to compile") from None
     except jinja2.TemplateSyntaxError as e:
         where = f"line {e.lineno}" if e.lineno else "somewhere"
         raise ChatTemplateError(f"chat template syntax error at {where}: {e.message}") from None
@@ -432,7 +553,7 @@ def normalize_messages(messages: Any) -> list[dict]:
 def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
                          bos_token: str = "", eos_token: str = "", tools: Sequence[Mapping] | None = None,
                          documents: Sequence[Mapping] | None = None, max_chars: int = MAX_OUTPUT_CHARS,
-                         **extra: Any) -> str:
+                         max_seconds: float = MAX_RENDER_SECONDS, **extra: Any) -> str:
     """Render ``messages`` through a chat template, as transformers' ``apply_chat_template(tokenize=False)``.
 
     Args:
@@ -445,6 +566,7 @@ def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]], a
         tools: JSON schemas of functions (``{"type": "function", "function": {...}}``).
         documents: for retrieval templates (``[{"title": ..., "text": ...}]``).
         max_chars: the longest output (and intermediate string or list) allowed.
+        max_seconds: the longest a rendering may run (checked at every loop item and call).
         **extra: more template variables (``enable_thinking=False``, ...).
 
     Returns the prompt text. Raises ChatTemplateError on a syntax error, a
@@ -474,10 +596,11 @@ def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]], a
     context.update(messages=normalize_messages(messages), tools=tools, documents=documents,
                    add_generation_prompt=bool(add_generation_prompt),
                    bos_token=bos_token or "", eos_token=eos_token or "")
-    token = _budget.set([MAX_RANGE_ITEMS, max_chars])
+    token = _budget.set([MAX_RANGE_ITEMS, max_chars, _now() + max_seconds, 0, max_seconds])
     try:
         parts, n = [], 0
         for piece in compiled.generate(**context):
+            _check_time()
             n += len(piece)
             if n > max_chars:
                 raise ChatTemplateError(f"chat template output is longer than the limit of {max_chars:,} characters")

@@ -25,10 +25,8 @@ from ..foundation.errors import ZigLlamaError
 from ..models.registry import REGISTRY
 from .engine import Engine, Job
 from .errors import APIError
+from .limits import MAX_BODY_BYTES, MAX_MESSAGES, MAX_PROMPT_CHARS, MAX_QUEUE, parse_json_body
 from .params import GenParams, parse_common
-
-MAX_BODY_BYTES = 2 * 1024 * 1024  # a request body larger than this is a 413
-MAX_QUEUE = 64                    # generation requests waiting or running; one more is a 503
 DISCONNECT_POLL_S = 0.25          # how often a non-streaming request checks that its client is still there
 
 
@@ -92,6 +90,48 @@ def model_id(name_or_path) -> str:
     return s if s in REGISTRY else Path(s).stem
 
 
+def check_prompt(prompt, n_vocab: int) -> None:
+    """A completion's ``prompt``: a string of at most MAX_PROMPT_CHARS or a list of at most that many ids."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, (str, list)) and len(prompt) > MAX_PROMPT_CHARS:
+        raise APIError(400, f"'prompt' has {len(prompt)} items (at most {MAX_PROMPT_CHARS})", param="prompt")
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        bad = [t for t in prompt if not 0 <= t < n_vocab]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} in 'prompt' is not in [0, {n_vocab})", param="prompt")
+        return
+    raise APIError(400, "'prompt' must be a string or a non-empty list of token ids "
+                        "(a batch of several prompts is not supported: send one request each)", param="prompt")
+
+
+def check_messages(messages) -> list[dict]:
+    """A chat request's ``messages``, checked; text content parts joined. Returns the messages to render."""
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise APIError(400, f"'messages' has {len(messages)} messages (at most {MAX_MESSAGES})", param="messages")
+    out, total = [], 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise APIError(400, f"messages[{i}] must be an object with a 'role'", param="messages")
+        content = msg.get("content")
+        if isinstance(content, list):  # OpenAI's content parts: text only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise APIError(400, f"messages[{i}].content: only text parts are supported", param="messages")
+            msg = {**msg, "content": "".join(p["text"] for p in content)}
+        elif not isinstance(content, str) and not (content is None and msg["role"] == "assistant"):
+            raise APIError(400, f"messages[{i}].content must be a string", param="messages")
+        total += len(msg.get("content") or "")
+        if total > MAX_PROMPT_CHARS:
+            raise APIError(400, f"the messages hold more than {MAX_PROMPT_CHARS} characters", param="messages")
+        out.append(msg)
+    return out
+
+
 def _error_response(e: APIError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else {"Retry-After": "1"} if e.status == 503 else None
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
@@ -149,13 +189,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
             if size > max_body_bytes:
                 raise APIError(413, f"request body exceeds the limit of {max_body_bytes} bytes")
             chunks.append(chunk)
-        try:
-            body = json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        return body
+        return parse_json_body(b"".join(chunks), max_body_bytes)
 
     def model_named(body: dict, required: bool = True):
         name = body.get("model")
@@ -242,6 +276,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
 
     # -- generation -----------------------------------------------------------------
     def prompt_ids_of(body: dict, m) -> list[int]:
+        check_prompt(body.get("prompt"), m.n_vocab)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
@@ -253,20 +288,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
                             "(a batch of several prompts is not supported: send one request each)", param="prompt")
 
     def chat_ids_of(body: dict, m) -> list[int]:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise APIError(400, "'messages' must be a non-empty list", param="messages")
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-                raise APIError(400, f"messages[{i}] must be an object with a 'role'", param="messages")
-            content = msg.get("content")
-            if isinstance(content, list):  # OpenAI's content parts: text only
-                if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                           for p in content):
-                    raise APIError(400, f"messages[{i}].content: only text parts are supported", param="messages")
-                messages[i] = {**msg, "content": "".join(p["text"] for p in content)}
-            elif not isinstance(content, str) and not (content is None and msg["role"] == "assistant"):
-                raise APIError(400, f"messages[{i}].content must be a string", param="messages")
+        messages = check_messages(body.get("messages"))
         try:
             return m.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         except ZigLlamaError as e:
