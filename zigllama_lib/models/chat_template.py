@@ -387,6 +387,21 @@ def _make_environment():
     class ChatEnvironment(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset({"+", "*", "**", "%"})
 
+        def wrap_str_format(self, value):
+            owner = getattr(value, "__self__", None)
+            if isinstance(owner, str):
+                _check_spec(owner)
+            wrapped = super().wrap_str_format(value)
+            if wrapped is None:
+                return None
+
+            def checked(*args, **kwargs):
+                for a in (*args, *kwargs.values()):
+                    _check_width(a, "format argument")
+                return wrapped(*args, **kwargs)
+
+            return checked
+
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's signature)
             _check_time()
             limit = _budget.get([0, MAX_OUTPUT_CHARS])[1]
