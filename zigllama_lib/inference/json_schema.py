@@ -246,6 +246,8 @@ class _Regex:
             self.i += m.end()
             lo = int(m.group(1))
             hi = lo if m.group(2) is None else (int(m.group(3)) if m.group(3) else None)
+            if hi is not None and hi < lo:  # found by fuzzing: {4,3} wrote GBNF the parser rejects
+                raise self.error(f"quantifier {{{lo},{hi}}} has max < min")
             out = _repeat(atom, lo, hi)
         if self.i < len(p) and p[self.i] in "?+":  # lazy / possessive: same language
             self.i += 1

@@ -15,9 +15,10 @@ INSTRUMENT = ["zigllama_lib.models.chat_template", "jinja2"]
 MAX_CHARS = 100_000
 MAX_SECONDS = 1.0
 _WATCHING = [False]
+# (not "code.__new__": Jinja builds fake code objects to point a traceback at the template line)
 _FORBIDDEN = ("os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork", "os.remove", "os.rename",
               "os.mkdir", "os.rmdir", "os.chmod", "os.kill", "subprocess.", "socket.", "ctypes.", "shutil.",
-              "urllib.", "http.", "pty.", "webbrowser.", "sys.settrace", "sys.setprofile", "code.__new__",
+              "urllib.", "http.", "pty.", "webbrowser.", "sys.settrace", "sys.setprofile",
               "object.__setattr__", "object.__delattr__", "builtins.input", "glob.", "os.listdir", "os.scandir")
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi {{ 7*7 }}"},
             {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "More?"}]
