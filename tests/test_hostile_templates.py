@@ -66,3 +66,43 @@ def test_real_templates_render_as_jinja2_does(name):
     except ZeroDivisionError:
         pytest.skip(f"{name} refuses this conversation")  # llama2 without alternation: not the point here
     assert render_chat_template(name, msgs, add_generation_prompt=True, bos_token="<s>", eos_token="</s>") == want
+
+
+def test_server_refuses_a_hostile_template_and_answers_the_next_request(smollm):
+    """A GGUF whose template escapes, loops or explodes: a 400 naming the problem, then service as usual."""
+    from fastapi.testclient import TestClient
+
+    from zigllama_lib.serve.app import create_app
+
+    app = create_app({"m": smollm})
+    original = smollm.tokenizer.chat_template
+    chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+    try:
+        with TestClient(app) as c:
+            for hostile, words in [("{{ ''.__class__.__mro__ }}", "sandbox"),
+                                   ("{% for a in 'x' * 100000 %}{% for b in 'y' * 100000 %}{% endfor %}"
+                                    "{% endfor %}", "ran longer"),
+                                   ("{{ 'x' * 1000000000 }}", "longer than")]:
+                smollm.tokenizer.chat_template = hostile
+                r = c.post("/v1/chat/completions", json=chat)
+                assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
+                smollm.tokenizer.chat_template = original
+                r = c.post("/v1/chat/completions", json=chat)
+                assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+            r = c.post("/v1/completions", content=b"[" * 100000, headers={"content-type": "application/json"})
+            assert r.status_code == 400 and "nests" in r.json()["error"]["message"]
+            assert c.get("/health").status_code == 200
+    finally:
+        smollm.tokenizer.chat_template = original
+
+
+def test_a_request_over_its_time_limit_is_a_503(smollm):
+    from fastapi.testclient import TestClient
+
+    from zigllama_lib.serve.app import create_app
+
+    app = create_app({"m": smollm}, max_request_seconds=0.0)
+    with TestClient(app) as c:
+        r = c.post("/v1/completions", json={"model": "m", "prompt": "Once", "max_tokens": 50})
+        assert r.status_code == 503 and "limit of 0 s" in r.json()["error"]["message"]
+        assert c.get("/health").status_code == 200

@@ -25,7 +25,7 @@ from ..foundation.errors import ZigLlamaError
 from ..models.registry import REGISTRY
 from .engine import Engine, Job
 from .errors import APIError
-from .limits import MAX_BODY_BYTES, MAX_MESSAGES, MAX_PROMPT_CHARS, MAX_QUEUE, parse_json_body
+from .limits import MAX_BODY_BYTES, MAX_MESSAGES, MAX_PROMPT_CHARS, MAX_QUEUE, MAX_REQUEST_SECONDS, parse_json_body
 from .params import GenParams, parse_common
 DISCONNECT_POLL_S = 0.25          # how often a non-streaming request checks that its client is still there
 
@@ -138,12 +138,14 @@ def _error_response(e: APIError) -> JSONResponse:
 
 
 def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               max_queue: int = MAX_QUEUE, engine: Engine | None = None) -> FastAPI:
+               max_queue: int = MAX_QUEUE, engine: Engine | None = None,
+               max_request_seconds: float = MAX_REQUEST_SECONDS) -> FastAPI:
     """The server for ``models`` (``{model id: LanguageModel}``, the first is the default for
     /tokenize); with ``api_key``, every route but /health needs ``Authorization: Bearer <key>``.
     More than ``max_queue`` generation requests at once get a 503 (with ``Retry-After``).
     Without ``engine`` the app runs its own on a thread while it is up; with one, the caller
-    runs it (``engine.run()``)."""
+    runs it (``engine.run()``). A non-streaming generation running longer than
+    ``max_request_seconds`` is cancelled and answered with a 503; a stream is ended."""
     if not models:
         raise ValueError("create_app needs at least one model")
     own_engine = engine is None
@@ -296,7 +298,9 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
 
     async def start_job(request: Request, chat: bool) -> tuple[Job, str, list[int], GenParams]:
         body, name, m = await body_and_model(request)
-        ids = chat_ids_of(body, m) if chat else prompt_ids_of(body, m)
+        # rendering and tokenizing off the event loop: a slow hostile template (bounded at 5 s) never
+        # stops the server answering other requests
+        ids = await asyncio.to_thread(chat_ids_of if chat else prompt_ids_of, body, m)
         params = parse_common(body, name, m.n_vocab, chat)
         check_context(m, len(ids), params.max_tokens, chat)
         if engine.depth >= max_queue:
@@ -352,8 +356,15 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
                                     "finish_reason": None})
                     elif echo:
                         yield data({"index": 0, "text": echo, "logprobs": None, "finish_reason": None})
+                    deadline = t0 + max_request_seconds
                     while True:
-                        ev = await job.events.get()
+                        try:
+                            ev = await asyncio.wait_for(job.events.get(), max(0.0, deadline - time.perf_counter()))
+                        except asyncio.TimeoutError:
+                            yield "data: " + json.dumps(APIError(503, f"the request ran longer than the limit of "
+                                                                      f"{max_request_seconds:g} s",
+                                                                 code="request_timeout").body()) + "\n\n"
+                            break
                         if "error" in ev:
                             yield "data: " + json.dumps(APIError(500, ev["error"]).body()) + "\n\n"
                             break
@@ -394,9 +405,15 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
 
         watcher = asyncio.create_task(watch_disconnect())
         text, entries, t_first = [], [], None
+        deadline = t0 + max_request_seconds
         try:
             while True:
-                ev = await job.events.get()
+                try:
+                    ev = await asyncio.wait_for(job.events.get(), max(0.0, deadline - time.perf_counter()))
+                except asyncio.TimeoutError:
+                    job.cancel()
+                    raise APIError(503, f"the request ran longer than the limit of {max_request_seconds:g} s",
+                                   code="request_timeout") from None
                 if ev.get("cancelled"):
                     metrics.count(path, 499)  # nginx's "client closed request": nobody is listening any more
                     return PlainTextResponse("", status_code=499)
