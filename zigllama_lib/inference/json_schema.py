@@ -85,7 +85,9 @@ def _literal(s: str) -> str:
 
 
 def _class_char(c: str) -> str:
-    if c in "\\]-^[":
+    if c == "^":  # found by fuzzing: GBNF has no "\^" escape (llama.cpp's parser neither)
+        return "\\x5E"
+    if c in "\\]-[":
         return "\\" + c
     if c == "\n":
         return "\\n"
