@@ -44,6 +44,9 @@ lowers to whatever SIMD the CPU has; the integers, hence the result, are equal.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
@@ -820,12 +823,28 @@ def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray)
     return out
 
 
+_ROW_KERNELS_ONLY = contextvars.ContextVar("zigllama_row_kernels_only", default=False)
+
+
+@contextlib.contextmanager
+def batch_invariant_kernels(enabled: bool = True):
+    """Within this block, a batch of any size takes the one-token kernel for every type (no tiled
+    Q6_K), so each row's products are the bits that row gets alone. Continuous batching uses it:
+    a sequence's tokens then do not depend on how many others share its step."""
+    token = _ROW_KERNELS_ONLY.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _ROW_KERNELS_ONLY.reset(token)
+
+
 def kind_for(qtype: GGMLType, n_tok: int) -> int:
     """The :func:`dot_row` kind llama.cpp's AVX2 CPU backend uses for ``qtype`` weights times a batch
     of ``n_tok`` tokens: :data:`KIND` [qtype], except Q6_K in a batch of :data:`TILED_MIN_TOKENS` or
     more, which ggml-cpu hands to its tiled K-quant matmul (``ggml_compute_forward_mul_mat_tiled``:
-    Q6_K is not repacked on AVX2, so its ``mul_mat`` takes that path before ``vec_dot``)."""
-    if qtype == GGMLType.Q6_K and n_tok >= TILED_MIN_TOKENS:
+    Q6_K is not repacked on AVX2, so its ``mul_mat`` takes that path before ``vec_dot``) -- unless
+    inside :func:`batch_invariant_kernels`."""
+    if qtype == GGMLType.Q6_K and n_tok >= TILED_MIN_TOKENS and not _ROW_KERNELS_ONLY.get():
         return KIND_Q6_K_TILED
     return KIND[qtype]
 
