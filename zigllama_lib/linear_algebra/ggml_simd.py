@@ -69,6 +69,8 @@ KIND = {GGMLType.Q8_0: KIND_Q8_0, GGMLType.Q4_1: KIND_Q4_1, GGMLType.Q5_0: KIND_
         GGMLType.Q4_K: KIND_Q4_K, GGMLType.Q6_K: KIND_Q6_K}
 # Q6_K in a batch of >= TILED_MIN_TOKENS tokens: ggml-cpu's tiled K-quant matmul, another float order
 KIND_Q6_K_TILED = 5
+# Q4_K in a batch, each token as llama.cpp's one-token gemv does it (batch_invariant_kernels)
+KIND_Q4_K_ROWS = 6
 TILED_MIN_TOKENS = 8  # ggml_tiled_min_batch: the tiled path from 8 rows of src1 (tokens) on
 _FEATURES = llvm.get_host_cpu_features().flatten().split(",")
 HAS_AVX2 = "+avx2" in _FEATURES
@@ -280,7 +282,8 @@ def _sign(builder, qy, qw):
 TOKENS_PER_PASS = 4  # prefill: tokens that share one unpacking of a weight block
 WIDE_PASS = 8  # tiled Q6_K: tokens per pass (ggml-cpu's tiled kernel also works on 8 columns at once)
 BLOCK_BYTES = {KIND_Q4_1: SIZEOF_BLOCK_Q4_1, KIND_Q8_0: SIZEOF_BLOCK_Q8_0, KIND_Q5_0: SIZEOF_BLOCK_Q5_0,
-               KIND_Q4_K: SIZEOF_BLOCK_Q4_K, KIND_Q6_K: SIZEOF_BLOCK_Q6_K, KIND_Q6_K_TILED: SIZEOF_BLOCK_Q6_K}
+               KIND_Q4_K: SIZEOF_BLOCK_Q4_K, KIND_Q6_K: SIZEOF_BLOCK_Q6_K, KIND_Q6_K_TILED: SIZEOF_BLOCK_Q6_K,
+               KIND_Q4_K_ROWS: SIZEOF_BLOCK_Q4_K}
 
 
 class _Operands:
@@ -367,7 +370,7 @@ def _q4_K_scales_mins(builder, blk):
     return builder.zext(builder.bitcast(words, _vec(I8, 16)), _vec(I16, 16))
 
 
-def _emit_q4_K(builder, n_t: int, args, nb):
+def _emit_q4_K(builder, n_t: int, args, nb, gemv: bool | None = None):
     """Q4_K x Q8_K as llama.cpp's AVX2 build runs it: the repacked kernels of its CPU_REPACK buffer
     (which takes every Q4_K matrix with a multiple of 8 rows). Exact integers per sub-block ``j``,
     ``isum_j = sc_j sum_i q_i y_i`` and ``imin_j = m_j sum_i y_i``, then two FMA chains per row::
@@ -375,7 +378,9 @@ def _emit_q4_K(builder, n_t: int, args, nb):
         acc  = fma(float(isum), d_w * d_y, acc)        accm = fma(float(imin), dmin_w * d_y, accm)
 
     folding the integers of a whole super-block per FMA for one token (``ggml_gemv_q4_K_8x8_q8_K``)
-    and of each pair of sub-blocks for four (``ggml_gemm_q4_K_8x8_q8_K``); the result ``acc - accm``."""
+    and of each pair of sub-blocks for four (``ggml_gemm_q4_K_8x8_q8_K``); the result ``acc - accm``.
+    ``gemv`` (default: ``n_t == 1``) takes the one-token order for all ``n_t`` tokens."""
+    gemv = n_t == 1 if gemv is None else gemv
     tok = [_Operands(builder, args, t) for t in range(n_t)]
     const = lambda v: ir.Constant(I64, v)  # noqa: E731
     fma = _function(builder, "llvm.fma.f32", F32, [F32] * 3)
@@ -404,7 +409,7 @@ def _emit_q4_K(builder, n_t: int, args, nb):
                 y_lo, y_hi = _load(builder, _vec(I8, 32), y, 64 * p), _load(builder, _vec(I8, 32), y, 64 * p + 32)
                 pair_lanes.append(builder.add(_maddwd(builder, _maddubs(builder, lo, y_lo), scale[2 * p]),
                                               _maddwd(builder, _maddubs(builder, hi, y_hi), scale[2 * p + 1])))
-            if n_t == 1:  # gemv: one FMA per super-block
+            if gemv:  # one FMA per super-block
                 total = builder.add(builder.add(pair_lanes[0], pair_lanes[1]), builder.add(pair_lanes[2], pair_lanes[3]))
                 isums = [builder.sitofp(_hsum_i32(builder, total), F32)]
                 imins = [builder.sitofp(_hsum_i32(builder, min_terms), F32)]
@@ -622,6 +627,8 @@ def dot_row(typingctx, kind, n_tok, w_addr, x_addr, x_stride, xd_addr, xd_stride
             _emit_q4_K_gemm(builder, n_t, args, nb)
         elif w_kind == KIND_Q4_K:
             _emit_q4_K(builder, n_t, args, nb)
+        elif w_kind == KIND_Q4_K_ROWS:  # the gemv order for every token
+            _emit_q4_K(builder, n_t, args, nb, gemv=True)
         elif w_kind == KIND_Q6_K_TILED and n_t % 4 == 0:
             _emit_q6_K_tiled(builder, n_t, args, nb)
         elif w_kind in (KIND_Q6_K, KIND_Q6_K_TILED):
@@ -685,6 +692,13 @@ def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa
             dot_row(3, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
         else:
             dot_row(3, 8, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+    elif kind == KIND_Q4_K_ROWS:
+        if n_tok == 1:
+            dot_row(6, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        elif n_tok == 4:
+            dot_row(6, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        else:
+            dot_row(6, 8, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
     elif kind == KIND_Q6_K:
         if n_tok == 1:
             dot_row(4, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
@@ -703,7 +717,7 @@ def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa
 @njit(cache=True, inline="always")
 def _pass_width(kind, t, n_tok):
     """How many tokens, from token ``t`` on, one :func:`dot_any` call takes."""
-    wide = WIDE_PASS if kind == KIND_Q8_0 or kind == KIND_Q5_0 or kind == KIND_Q4_K or kind == KIND_Q6_K_TILED else TOKENS_PER_PASS
+    wide = WIDE_PASS if (kind == KIND_Q8_0 or kind == KIND_Q5_0 or kind == KIND_Q4_K or kind == KIND_Q6_K_TILED or kind == KIND_Q4_K_ROWS) else TOKENS_PER_PASS
     if t + wide <= n_tok:
         return wide
     if t + TOKENS_PER_PASS <= n_tok:
@@ -828,8 +842,9 @@ _ROW_KERNELS_ONLY = contextvars.ContextVar("zigllama_row_kernels_only", default=
 
 @contextlib.contextmanager
 def batch_invariant_kernels(enabled: bool = True):
-    """Within this block, a batch of any size takes the one-token kernel for every type (no tiled
-    Q6_K), so each row's products are the bits that row gets alone. Continuous batching uses it:
+    """Within this block, a batch of any size computes every token as the one-token kernel does
+    (no tiled Q6_K, no 4-token Q4_K gemm: llama.cpp's repacked Q4_K folds two sub-blocks per FMA for
+    4 tokens, a whole super-block for one), so each row's products are the bits that row gets alone. Continuous batching uses it:
     a sequence's tokens then do not depend on how many others share its step."""
     token = _ROW_KERNELS_ONLY.set(bool(enabled))
     try:
@@ -844,7 +859,9 @@ def kind_for(qtype: GGMLType, n_tok: int) -> int:
     more, which ggml-cpu hands to its tiled K-quant matmul (``ggml_compute_forward_mul_mat_tiled``:
     Q6_K is not repacked on AVX2, so its ``mul_mat`` takes that path before ``vec_dot``) -- unless
     inside :func:`batch_invariant_kernels`."""
-    if qtype == GGMLType.Q6_K and n_tok >= TILED_MIN_TOKENS and not _ROW_KERNELS_ONLY.get():
+    if _ROW_KERNELS_ONLY.get():
+        return KIND_Q4_K_ROWS if qtype == GGMLType.Q4_K and n_tok > 1 else KIND[qtype]
+    if qtype == GGMLType.Q6_K and n_tok >= TILED_MIN_TOKENS:
         return KIND_Q6_K_TILED
     return KIND[qtype]
 
