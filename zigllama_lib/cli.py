@@ -1,4 +1,4 @@
-"""The ``zigllama`` command: generate, chat, serve, bench-serve, pull, inspect, bench, profile, parity.
+"""The ``zigllama`` command: generate, chat, serve, bench-serve, pull, inspect, bench, bench-batch, profile, parity.
 
     zigllama generate "The capital of France is"          # default model, greedy
     zigllama generate "Once upon a time" --temperature 0.8 --top-p 0.95 --seed 1
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from .foundation.errors import ZigLlamaError
@@ -183,6 +184,20 @@ def _cmd_parity(args) -> int:
     return 0
 
 
+def _cmd_bench_batch(args) -> int:
+    from .inference import bench_batch
+
+    seqs = [int(x) for x in args.sequences.split(",") if x.strip()]
+    result = bench_batch.run(args.model, seqs, n_decode=args.n_decode, rounds=args.rounds,
+                             vs_llama_cpp=args.vs == "llama.cpp", n_threads=args.threads, numerics=args.numerics,
+                             llama_cpp=args.llama_cpp, command=shlex.join(["zigllama", *sys.argv[1:]]))
+    print(bench_batch.format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def _cmd_bench(args) -> int:
     import importlib.util
 
@@ -347,6 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="also write the result as JSON to this file")
     b.add_argument("--markdown", help="also write the markdown (headed by this command line) to this file")
     b.set_defaults(func=_cmd_bench)
+
+    bb = sub.add_parser("bench-batch", help="batched decode throughput (continuous batching) vs number of "
+                                            "sequences, optionally vs llama.cpp's batch API")
+    bb.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                    help=f"registry name ({', '.join(sorted(REGISTRY))}) or path to a .gguf (default: {DEFAULT_MODEL})")
+    bb.add_argument("--threads", "-t", type=int, default=None, help="kernel threads (default: all cores)")
+    bb.add_argument("--sequences", default="1,2,4,8", help="comma-separated numbers of sequences (default 1,2,4,8)")
+    bb.add_argument("--n-decode", type=_positive_int, default=64, help="timed decode steps (default 64)")
+    bb.add_argument("--rounds", type=_positive_int, default=3, help="interleaved rounds; medians reported")
+    bb.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
+    bb.add_argument("--vs", choices=["llama.cpp"], default=None, help="also time llama.cpp's batched decoding")
+    bb.add_argument("--llama-cpp", default="auto", metavar="BUILD",
+                    help="'auto' (native if installed, else the pinned build), 'native', 'installed' or a folder")
+    bb.add_argument("--json", help="also write the result as JSON to this file")
+    bb.set_defaults(func=_cmd_bench_batch)
 
     pr = sub.add_parser("profile", help="where a decode step and a prefill spend their time, against the machine")
     pr.add_argument("--model", "-m", default=DEFAULT_MODEL,
