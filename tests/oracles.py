@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import functools
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,16 @@ def require_file(path: Path, what: str = "") -> Path:
     if not path.exists():
         missing(f"{what or path.name}: {path} not present (set ZIGLLAMA_CACHE or run `zigllama pull`)")
     return path
+
+
+@functools.lru_cache(maxsize=1)
+def llama_cpp_source_tree() -> Path | None:
+    """The llama.cpp sources vendored in the llama-cpp-python 0.3.36 sdist (its grammars, templates,
+    tests), unpacked once by scripts/fetch_llama_cpp_sources.sh into the cache; None if that failed
+    (callers report it with :func:`missing`)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fetch_llama_cpp_sources.sh"
+    try:
+        out = subprocess.run([str(script)], capture_output=True, text=True, timeout=600, check=True)
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return Path(out.stdout.strip().splitlines()[-1]) / "vendor" / "llama.cpp"

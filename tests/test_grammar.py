@@ -13,7 +13,10 @@ from zigllama_lib.foundation.gguf import GGUFFile
 from zigllama_lib.inference.grammar import Grammar, GrammarError, GrammarMatcher, TokenTrie, decode_utf8
 from zigllama_lib.models.tokenizer import Tokenizer
 
-LLAMA_CPP_GRAMMARS = (Path.home() / ".cache/zigllama/sources/llama-cpp-python-0.3.36/vendor/llama.cpp/grammars")
+from oracles import llama_cpp_source_tree
+
+# llama.cpp's grammars/ (scripts/fetch_llama_cpp_sources.sh unpacks them on first use)
+LLAMA_CPP_GRAMMARS = (llama_cpp_source_tree() or Path("(llama.cpp sources could not be fetched)")) / "grammars"
 GRAMMAR_FILES = sorted(LLAMA_CPP_GRAMMARS.glob("*.gbnf"))
 
 
