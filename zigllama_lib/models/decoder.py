@@ -66,7 +66,7 @@ from ..transformer.attention_ggml import attention_ggml, attention_ggml_paged
 from ..transformer.kv_cache import KVCache
 from ..transformer.paged_kv_cache import PagedCells, PagedKVCache, PagedSequence
 from .arch import ArchSpec
-from .fused_decode import FusedDecodeStep, unsupported_reason
+from .fused_decode import FusedDecodeStep, attention_rows_paged, store_rows_paged, unsupported_reason
 
 
 def _matmul_float(w: QMatrix, x: np.ndarray) -> np.ndarray:
@@ -129,6 +129,29 @@ def _paged_attention_llama_cpp(q, q_pos, cells: PagedCells, scale, window=None, 
         return _paged_attention_float(q, q_pos, cells, scale, window, return_weights, f16=True)
     return attention_ggml_paged(q, q_pos, cells.k, cells.v, cells.table, cells.cell_pos, cells.block_size, scale,
                                 window=window)
+
+
+class PagedBatch(list):
+    """The sequences of one :meth:`Decoder.forward_batch` step (a list of :class:`PagedSequence`, one new
+    token each, cells already reserved). ``tables`` (per layer group, ``(n_seq, n_table)`` int64) when
+    every sequence is plain (cell ``c`` holds position ``c``) and ``fast`` is asked: then each layer's
+    attention of all rows is one kernel reading the block tables (:func:`.fused_decode.attention_rows_paged`),
+    else the generic per-sequence attention."""
+
+    def __init__(self, views, fast: bool):
+        super().__init__(views)
+        self.cache = views[0].cache
+        self.seq_ids = [v.seq_id for v in views]
+        self.tables = None
+        self.cells = np.array([int(v._cells[0]) for v in views], np.int64)  # (n_seq,): each new token's cell
+        if fast and all(v.is_linear() for v in views):
+            self.tables = []
+            for g in range(len(self.cache.groups)):
+                rows = [self.cache.tables(s)[g] for s in self.seq_ids]
+                t = np.full((len(rows), max(len(r) for r in rows)), -1, np.int64)
+                for j, r in enumerate(rows):
+                    t[j, :len(r)] = r
+                self.tables.append(t)
 
 
 @dataclass(frozen=True)
@@ -320,7 +343,10 @@ class Decoder:
         if s.traits.scale_q:  # llama.cpp's Gemma 3 graph: Q * scale after RoPE, softmax scale 1
             q, scale = q * np.float32(scale), 1.0
         window = s.sliding_window if s.is_sliding(i) else None
-        if isinstance(cache, list):  # a batch: row r is the next token of sequence cache[r]
+        if isinstance(cache, PagedBatch) and cache.tables is not None:  # plain sequences, llama.cpp numerics
+            store_rows_paged(cache.cache, i, cache.cells, cache.tables, k, v)
+            out = attention_rows_paged(q, cache.cache, cache.seq_ids, i, pos, cache.tables, scale, window)
+        elif isinstance(cache, list):  # a batch: row r is the next token of sequence cache[r]
             out = np.concatenate([nm.paged_attention(q[r:r + 1], pos[r:r + 1], view.store(i, k[r:r + 1], v[r:r + 1]),
                                                      scale, window=window) for r, view in enumerate(cache)])
         elif isinstance(cache, PagedSequence):  # attention reads the block table
@@ -439,7 +465,8 @@ class Decoder:
             if n > grp.pool.n_free:
                 raise ContextLengthError(f"the batch may need {n} more blocks; {grp.pool.n_free} are free")
         positions = np.array([int(v.begin(1)[0]) for v in seqs], np.int64)
-        h = self._layers(self.embed(ids), list(seqs), numerics, True, positions=positions)
+        h = self._layers(self.embed(ids), PagedBatch(seqs, numerics.name == "llama.cpp"), numerics, True,
+                         positions=positions)
         for v in seqs:
             v.advance(1)
         return numerics.matmul(self.output, numerics.rms_norm(h, self.output_norm, s.norm_eps))

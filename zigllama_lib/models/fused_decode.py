@@ -282,6 +282,61 @@ def _attention(q, kc, vc, li, table, block, n_head, n_kv_head, n_kv, first, scal
         _attend_head(q, h, kc, vc, li, table, block, h // group, n_kv, first, scale, out)
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def _attention_rows(q, kc, vc, li, tables, block, n_head, n_kv_head, positions, window, scale, out):
+    """Decode attention of several sequences at once (a continuous batch): row ``r`` is one query of
+    sequence ``r`` at ``positions[r]``, over that sequence's cells ``first .. pos`` read through its
+    block table ``tables[r]`` -- each head exactly as :func:`_attention` computes it for that sequence
+    alone, the ``n_seq * n_head`` heads spread over the threads in one parallel region.
+
+    ``q, out: (n_seq, n_head * d)`` float32; ``tables: (n_seq, n_table)`` int64 (-1: released)."""
+    group = n_head // n_kv_head
+    for job in prange(q.shape[0] * n_head):
+        r, h = job // n_head, job % n_head
+        pos = positions[r]
+        first = max(0, pos + 1 - window) if window > 0 else 0
+        _attend_head(q[r], h, kc, vc, li, tables[r], block, h // group, pos + 1, first, scale, out[r])
+
+
+@njit(cache=True, nogil=True)
+def _store_rows(kc, vc, li, blocks, offsets, k, v):
+    """``k, v: (n_seq, n_kv_head, d)`` float32 into row ``offsets[r]`` of block ``blocks[r]`` of layer
+    ``li`` of the pools ``kc, vc`` (float16 bits), rounded as the one-token step stores them."""
+    for r in range(k.shape[0]):
+        for hh in range(k.shape[1]):
+            for j in range(k.shape[2]):
+                kc[blocks[r], li, offsets[r], hh, j] = f32_to_f16_bits(k[r, hh, j])
+            for j in range(v.shape[2]):
+                vc[blocks[r], li, offsets[r], hh, j] = f32_to_f16_bits(v[r, hh, j])
+
+
+def store_rows_paged(cache, layer: int, cells, tables, k: np.ndarray, v: np.ndarray) -> None:
+    """Write one new token per sequence: ``k, v (n_seq, n_kv_head, d)`` into cell ``cells[r]`` of row ``r``'s
+    block table (``tables`` as in :func:`attention_rows_paged`)."""
+    g, li = int(cache.layer_group[layer]), int(cache.layer_index[layer])
+    pool, B = cache.groups[g].pool, cache.block_size
+    rows = np.arange(len(cells))
+    blocks = tables[g][rows, cells // B]
+    _store_rows(pool.k.view(np.uint16), pool.v.view(np.uint16), li, blocks, cells % B,
+                np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32))
+
+
+def attention_rows_paged(q: np.ndarray, cache, seq_ids, layer: int, positions: np.ndarray, tables,
+                         scale: float, window: int | None) -> np.ndarray:
+    """:func:`_attention_rows` for layer ``layer`` of a :class:`PagedKVCache`: ``q (n_seq, n_head, d)``
+    float32, ``tables``: per layer group, ``(n_seq, n_table)`` int64. Needs plain sequences (cell ``c``
+    holds position ``c``). Returns ``(n_seq, n_head * d_v)``; row ``r`` equals the fused one-token step's
+    attention of sequence ``seq_ids[r]`` alone, bit for bit."""
+    g, li = int(cache.layer_group[layer]), int(cache.layer_index[layer])
+    pool = cache.groups[g].pool
+    n_seq, n_head, d = q.shape
+    out = np.empty((n_seq, n_head * pool.v.shape[-1]), np.float32)
+    _attention_rows(np.ascontiguousarray(q.reshape(n_seq, n_head * d), np.float32), pool.k.view(np.uint16),
+                    pool.v.view(np.uint16), li, tables[g], cache.block_size, n_head, cache.n_kv_head,
+                    np.ascontiguousarray(positions, np.int64), window or 0, np.float32(scale), out)
+    return out
+
+
 @njit(cache=True, nogil=True)
 def _decode_layers(h, pos, addr, stride, kind, n_rows, attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm,
                    post_ffn_norm, eps, k_pool_a, v_pool_a, table_a, k_pool_b, v_pool_b, table_b, layer_group,
