@@ -507,3 +507,28 @@ def test_32_concurrent_streams_a_third_leaving(server, http):
     assert after[key] - before[key] == 32
     assert http.get("/health").status_code == 200
     assert server.rss() < baseline + 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize("model_id", [SMOLLM, "gemma3-270m"])
+def test_eight_concurrent_requests_batched_each_as_alone(server, client, http, model_id, gemma_path):
+    """Continuous batching in the server: 8 concurrent greedy completions of different lengths are
+    decoded together (the engine's widest batch reaches 8 rows) and each text equals the same request
+    sent alone."""
+    name = SMOLLM if model_id == SMOLLM else gemma_path.stem
+    prompts = ["The capital of France is", "Once upon a time", "def fib(n):", "1, 2, 3, 4,", "Water boils at",
+               "The quick brown fox", "In 1492, Columbus", "Photosynthesis is"]
+
+    def complete(k):
+        r = client.completions.create(model=name, prompt=prompts[k], max_tokens=24 + 4 * k, temperature=0)
+        return r.choices[0].text
+
+    alone = [complete(k) for k in range(8)]
+    before = wait_idle(http)
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(complete, range(8)))
+    assert together == alone
+    after = wait_idle(http)
+    assert after["zigllama_engine_batch_rows_max"] == 8
+    steps = after["zigllama_engine_steps_total"] - before["zigllama_engine_steps_total"]
+    tokens = after["zigllama_engine_tokens_total"] - before["zigllama_engine_tokens_total"]
+    assert steps < tokens / 2, f"{steps} steps for {tokens} tokens: the requests were not batched"

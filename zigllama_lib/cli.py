@@ -81,10 +81,11 @@ def _cmd_serve(args) -> int:
         if name in models:
             raise ZigLlamaError(f"--model {spec!r}: a model with the id {name!r} is already being served")
         model = load(spec, n_ctx=args.n_ctx, n_threads=args.threads, numerics=args.numerics, progress=False)
-        model.generate_ids(model.tokenizer.encode("Hi"), max_tokens=1, temperature=0.0).__next__()  # compile/warm up
         models[name] = model
         print(f"zigllama serve: {name}: {model}", file=sys.stderr)
-    engine = Engine()
+    engine = Engine(max_batch=args.max_batch, prefill_chunk=args.prefill_chunk)
+    for model in models.values():
+        engine.warm_up(model)  # compile (or load from Numba's cache) the one-token and the batched step
     app = create_app(models, api_key=api_key, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
                      engine=engine)
     http = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -316,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest request body; more is a 413 (default: 2 MiB)")
     sv.add_argument("--max-queue", type=_positive_int, default=64,
                     help="generation requests queued or running at once; more get a 503 (default: 64)")
+    sv.add_argument("--max-batch", type=_positive_int, default=8,
+                    help="requests decoded together per model (continuous batching); 1 serves one at a time "
+                         "(default: 8)")
+    sv.add_argument("--prefill-chunk", type=_positive_int, default=512,
+                    help="prompt tokens read per scheduler step, so long prompts do not stall the others "
+                         "(default: 512)")
     sv.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_cmd_serve)
 

@@ -1,15 +1,19 @@
-"""One engine, many clients: a worker thread runs generations one request at a time, in arrival order.
+"""One engine, many clients: continuous batching over a paged KV cache.
 
-    engine = Engine(); engine.start()
+    engine = Engine(max_batch=8); engine.start()
     job = engine.submit(model, prompt_ids, params, loop)   # from the event loop; returns at once
     event = await job.events.get()                          # {"text", "tokens", "logprobs"} ... then
                                                             # {"done": True, "finish_reason", "usage"}
     job.cancel()                                            # the client left: stops within one token
 
-The event loop never runs a forward pass: it only moves events. The queue is FIFO, which is fair
-for one-at-a-time serving; continuous batching (the layer 6 issue) replaces :meth:`Engine._run`
-with a scheduler that advances many jobs per step and keeps this interface. ``zigllama serve``
-runs the engine on its main thread (:meth:`Engine.run`) and uvicorn's event loop on another.
+The event loop never runs a forward pass: it only moves events. The worker keeps one
+:class:`~..inference.batching.ContinuousBatcher` per model; every step it admits the requests that
+arrived (up to ``max_batch`` running per model, the rest wait in arrival order), runs one decode
+token of every running request in one forward pass and one prefill chunk, and retires the requests
+that finished, stopped on a stop string or lost their client. Each request's tokens are those it
+would get alone (the batcher's guarantee). ``max_batch=1`` serves one request at a time.
+``zigllama serve`` runs the engine on its main thread (:meth:`Engine.run`) and uvicorn's event loop
+on another.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-from ..inference.generation import GenerationConfig, generate_steps, make_sampler
+from ..inference.batching import BatchEvent, BatchRequest, BatchSequence, ContinuousBatcher
+from ..inference.generation import make_sampler
 from ..inference.sampling import LogitBias, log_softmax, top_logprobs
 from ..inference.streaming import Utf8Stream
 from ..models.decoder import numerics_named
@@ -60,25 +65,55 @@ def token_logprob_entry(tokenizer, logits, token: int, n_top: int) -> dict:
     return {**item(token, lp[token]), "top_logprobs": [item(t, v) for t, v in zip(ids, values)]}
 
 
+def error_event(e: Exception) -> dict:
+    return {"error": f"{type(e).__name__}: {e}"}
+
+
+@dataclass(eq=False)
+class _Active:
+    """A job inside a batcher: its text assembly and stop matching."""
+
+    job: Job
+    batcher: ContinuousBatcher
+    seq: BatchSequence
+    utf8: Utf8Stream = field(default_factory=Utf8Stream)
+    stops: StopMatcher | None = None
+    n_generated: int = 0
+    stopped: bool = False        # a stop string matched: the batcher's "cancelled" that follows is ours
+    cancel_sent: bool = False
+
+
 class Engine:
     """The generation worker. ``start()`` runs it on a thread of its own; ``run()`` on the calling
     thread (what ``zigllama serve`` does with its main thread, the one that loaded the models:
     with Numba's OpenMP layer each thread that launches parallel kernels gets a worker team of
     its own, and two teams spin against each other on the same cores: on 2 cores, decode on a
-    second thread was slower, and back on the first thread it slowed to a crawl)."""
+    second thread was slower, and back on the first thread it slowed to a crawl).
 
-    def __init__(self):
+    ``max_batch``: requests decoded together per model; ``prefill_chunk``: prompt tokens per step.
+    """
+
+    def __init__(self, max_batch: int = 8, prefill_chunk: int = 512):
+        self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self.running = 0
+        self._batchers: dict[int, ContinuousBatcher] = {}   # id(model) -> its batcher
+        self._active: dict[BatchSequence, _Active] = {}
+        self._stopping = False
         self.tokens_generated = 0     # over all jobs
         self.cancelled_jobs = 0       # jobs stopped early because their client left
         self.tokens_after_cancel = 0  # tokens whose forward pass finished after their job's cancel(): at most
                                       # one per cancelled job, the step that was in flight
+        self.steps = 0                # batcher steps run
+        self.max_running = 0          # the most requests decoding together so far
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
 
     @property
     def depth(self) -> int:
-        """Requests waiting plus the one being generated."""
+        """Requests waiting plus those being generated."""
         return self._queue.qsize() + self.running
 
     def start(self) -> None:
@@ -87,76 +122,157 @@ class Engine:
         self._thread.start()
 
     def stop(self) -> None:
-        """Finish the job at hand, then stop (joins the worker thread if :meth:`start` made one)."""
+        """Finish the jobs at hand, then stop (joins the worker thread if :meth:`start` made one)."""
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=10)
-
-    def run(self, keep_going=lambda: True, poll_s: float = 0.5) -> None:
-        """The worker loop on this thread, until :meth:`stop` or ``keep_going()`` turns false
-        (asked every ``poll_s`` seconds while idle)."""
-        while True:
-            try:
-                job = self._queue.get(timeout=poll_s)
-            except queue.Empty:
-                if not keep_going():
-                    return
-                continue
-            if job is None:
-                return
-            self._serve(job)
 
     def submit(self, model, prompt_ids: list[int], params: GenParams, loop) -> Job:
         job = Job(model, list(prompt_ids), params, loop)
         self._queue.put(job)
         return job
 
-    def _serve(self, job: Job) -> None:
-        self.running = 1
-        try:
-            if job.cancelled.is_set():  # its client left while it waited: no forward pass at all
-                self.cancelled_jobs += 1
-                job.emit({"done": True, "finish_reason": None, "cancelled": True, "usage": None})
-            else:
-                self._run(job)
-        except Exception as e:  # a bug must not kill the worker: the request gets a 500
-            job.emit({"error": f"{type(e).__name__}: {e}"})
-        finally:
-            job.finished = True
-            self.running = 0
+    def warm_up(self, model) -> None:
+        """Compile (or load from Numba's cache) what a batched step runs, before the first request."""
+        b = self._batcher(model)
+        for _ in range(4):  # BATCH_MIN_ROWS: the batched step too
+            b.submit(BatchRequest(model.tokenizer.encode("Hi"), make_sampler(0.0, 40, 0.95, 0.05, None), 2,
+                                  model.tokenizer.is_eog, stop_at_eog=False))
+        b.run()
 
-    def _run(self, job: Job) -> None:
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, keep_going=lambda: True, poll_s: float = 0.5) -> None:
+        """The worker loop on this thread, until :meth:`stop` (after the jobs at hand) or ``keep_going()``
+        turns false (asked every ``poll_s`` seconds while idle)."""
+        while True:
+            if not self._active:
+                if self._stopping:
+                    return
+                try:
+                    job = self._queue.get(timeout=poll_s)
+                except queue.Empty:
+                    if not keep_going():
+                        return
+                    continue
+                self._take(job)
+            while True:  # whatever else arrived joins this step
+                try:
+                    self._take(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._step()
+
+    def _take(self, job: Job | None) -> None:
+        if job is None:
+            self._stopping = True
+            return
+        if job.cancelled.is_set():  # its client left while it waited: no forward pass at all
+            self.cancelled_jobs += 1
+            self._close(job, {"done": True, "finish_reason": None, "cancelled": True, "usage": None})
+            return
+        try:
+            request = self._request(job)
+            batcher = self._batcher(job.model)
+            seq = batcher.submit(request)
+        except Exception as e:  # noqa: BLE001 -- a bad request must not kill the worker
+            self._close(job, error_event(e))
+            return
+        self._active[seq] = _Active(job, batcher, seq, stops=StopMatcher(job.params.stop))
+
+    def _batcher(self, model) -> ContinuousBatcher:
+        b = self._batchers.get(id(model))
+        if b is None:
+            b = ContinuousBatcher(model.decoder, numerics_named(model.numerics), model.n_ctx,
+                                  max_batch=self.max_batch, prefill_chunk=self.prefill_chunk)
+            self._batchers[id(model)] = b
+        return b
+
+    def _request(self, job: Job) -> BatchRequest:
+        """The batcher's view of a job: its prompt, sampler chain, logit bias and length limit."""
         m, p = job.model, job.params
-        n_prompt = len(job.prompt_ids)
-        max_tokens = p.max_tokens if p.max_tokens is not None else max(1, m.n_ctx - n_prompt)
+        max_tokens = p.max_tokens if p.max_tokens is not None else max(1, m.n_ctx - len(job.prompt_ids))
         sampler = make_sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.seed)
         bias = LogitBias(p.logit_bias, m.n_vocab) if p.logit_bias else None
-        stats: dict = {}
-        steps = generate_steps(m.decoder, job.prompt_ids, sampler, numerics_named(m.numerics), m.n_ctx,
-                               m.tokenizer.is_eog, GenerationConfig(max_tokens=max_tokens), stats, bias)
-        utf8, stops = Utf8Stream(), StopMatcher(p.stop)
-        n_generated, finish = 0, None
-        for step in steps:
+        return BatchRequest(job.prompt_ids, sampler, max_tokens, m.tokenizer.is_eog, logits_processor=bias)
+
+    def _step(self) -> None:
+        for a in list(self._active.values()):
+            if a.job.cancelled.is_set() and not a.cancel_sent:
+                a.cancel_sent = True
+                a.batcher.cancel(a.seq)  # no forward pass runs for it from here on
+        for b in list(self._batchers.values()):
+            if b.idle:
+                continue
+            try:
+                events = b.step()
+            except Exception as e:  # noqa: BLE001 -- a bug: this model's requests get a 500, the server goes on
+                self._fail_batcher(b, e)
+                continue
+            self.steps += 1
+            self.max_running = max(self.max_running, b.stats.n_decode)
+            for event in events:
+                self._on_event(event)
+
+    def _on_event(self, event: BatchEvent) -> None:
+        a = self._active.get(event.seq)
+        if a is None:
+            return
+        job, m = a.job, a.job.model
+        if event.step is not None:
             self.tokens_generated += 1
             if job.cancelled.is_set():
-                self.cancelled_jobs += 1
                 self.tokens_after_cancel += 1
-                break
-            n_generated += 1
-            text, stopped = stops.push(utf8.push(m.tokenizer.token_bytes(step.token, render_special=False)))
-            entry = (token_logprob_entry(m.tokenizer, step.logits, step.token, p.logprobs)
-                     if p.logprobs is not None else None)
-            job.emit({"text": text, "tokens": [step.token], "logprobs": [entry] if entry else []})
+                self._cancelled(a)
+                return
+            a.n_generated += 1
+            token = event.step.token
+            text, stopped = a.stops.push(a.utf8.push(m.tokenizer.token_bytes(token, render_special=False)))
+            n_top = job.params.logprobs
+            entry = token_logprob_entry(m.tokenizer, event.step.logits, token, n_top) if n_top is not None else None
+            job.emit({"text": text, "tokens": [token], "logprobs": [entry] if entry else []})
             if stopped:
-                finish = "stop"
-                break
-        steps.close()
-        if finish is None:
-            tail, stopped = stops.push(utf8.flush())
-            tail += "" if stopped else stops.flush()
+                a.stopped = True
+                a.batcher.cancel(a.seq)
+                self._finish(a, "stop")
+                return
+        reason = event.stop_reason
+        if reason is None:
+            return
+        if reason == "cancelled":
+            if not a.stopped:
+                self._cancelled(a)
+        elif reason == "error":
+            self._close(job, error_event(event.seq.error), a.seq)
+        else:
+            tail, stopped = a.stops.push(a.utf8.flush())
+            tail += "" if stopped else a.stops.flush()
             if tail:
                 job.emit({"text": tail, "tokens": [], "logprobs": []})
-            finish = "stop" if stopped or stats.get("stop_reason") == "eog" else "length"
-        job.emit({"done": True, "finish_reason": finish, "cancelled": job.cancelled.is_set(),
-                  "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_generated,
-                            "total_tokens": n_prompt + n_generated}})
+            self._finish(a, "stop" if stopped or reason == "eog" else "length")
+
+    def _finish(self, a: _Active, finish_reason: str | None) -> None:
+        n_prompt = len(a.job.prompt_ids)
+        self._close(a.job, {"done": True, "finish_reason": finish_reason, "cancelled": a.job.cancelled.is_set(),
+                            "usage": {"prompt_tokens": n_prompt, "completion_tokens": a.n_generated,
+                                      "total_tokens": n_prompt + a.n_generated}}, a.seq)
+
+    def _cancelled(self, a: _Active) -> None:
+        self.cancelled_jobs += 1
+        if not a.cancel_sent:
+            a.cancel_sent = True
+            a.batcher.cancel(a.seq)
+        self._finish(a, None)
+
+    def _close(self, job: Job, last_event: dict, seq: BatchSequence | None = None) -> None:
+        job.emit(last_event)
+        job.finished = True
+        if seq is not None:
+            self._active.pop(seq, None)
+
+    def _fail_batcher(self, b: ContinuousBatcher, e: Exception) -> None:
+        for seq, a in list(self._active.items()):
+            if a.batcher is b:
+                self._close(a.job, error_event(e), seq)
+        for key, other in list(self._batchers.items()):
+            if other is b:
+                del self._batchers[key]  # a fresh cache for the next requests
