@@ -22,9 +22,10 @@ last request finished), failures (non-200, error chunks, no ``[DONE]``, no token
 the CPU seconds each server process and everything else on the machine used meanwhile (the idle
 servers' share shows they did not compete; "others" shows whether the machine was quiet).
 
-llama-server runs twice: ``--parallel 1`` (one request at a time, like our FIFO server) and
-``--parallel N`` with N the largest client count (its continuous batching), each slot getting the
-same context as ours. Its prompt cache is off (``--no-cache-prompt --cache-ram 0``): the
+Ours runs with ``--max-batch M`` (continuous batching, ``--max-batch``, default 8) and, with
+``--also-unbatched``, with ``--max-batch 1`` (one request at a time). llama-server runs twice:
+``--parallel 1`` (one request at a time) and ``--parallel N`` with N the largest client count (its
+continuous batching), each slot getting the same context as ours. Its prompt cache is off (``--no-cache-prompt --cache-ram 0``): the
 benchmark repeats prompts, and our server has no prompt cache, so reuse would time a cache hit
 against a prefill.
 """
@@ -248,10 +249,10 @@ class BenchServer(ServerProcess):
         self.spec, self.base_url = spec, self.url
 
 
-def ours_spec(model: str, threads: int, n_ctx: int) -> ServerSpec:
-    return ServerSpec(OURS, [sys.executable, "-m", "zigllama_lib.cli", "serve", "--model", str(model),
-                             "--host", "127.0.0.1", "--port", "{port}", "--n-ctx", str(n_ctx),
-                             "--threads", str(threads)])
+def ours_spec(model: str, threads: int, n_ctx: int, max_batch: int = 8, label: str = OURS) -> ServerSpec:
+    return ServerSpec(label, [sys.executable, "-m", "zigllama_lib.cli", "serve", "--model", str(model),
+                              "--host", "127.0.0.1", "--port", "{port}", "--n-ctx", str(n_ctx),
+                              "--threads", str(threads), "--max-batch", str(max_batch)], slots=max_batch)
 
 
 def llama_server_spec(binary: str, gguf: Path, threads: int, n_ctx: int, slots: int) -> ServerSpec:
@@ -393,14 +394,20 @@ def parse_clients(text: str) -> list[int]:
 
 def run(model: str, threads: int, n_ctx: int, clients: list[int], requests: int, max_tokens: int,
         llama_server: str | None, command: str = "", startup_timeout: float = STARTUP_TIMEOUT_S,
-        request_timeout: float = REQUEST_TIMEOUT_S, log=print) -> dict:
-    """Start the servers, run every concurrency level on each in turn, stop them; the result dict."""
+        request_timeout: float = REQUEST_TIMEOUT_S, log=print, max_batch: int = 8,
+        also_unbatched: bool = False) -> dict:
+    """Start the servers, run every concurrency level on each in turn, stop them; the result dict.
+
+    Ours runs with ``--max-batch max_batch``; ``also_unbatched`` adds ours with ``--max-batch 1`` (one
+    request at a time: the server before continuous batching)."""
     from ..models.registry import resolve
     from .app import model_id as served_id
 
     gguf = resolve(model, progress=False)
     mid = served_id(model)
-    specs = [ours_spec(model, threads, n_ctx)]
+    specs = [ours_spec(model, threads, n_ctx, max_batch)]
+    if also_unbatched:
+        specs.append(ours_spec(model, threads, n_ctx, 1, f"{OURS} --max-batch 1"))
     anchor = None
     if llama_server and llama_server != "none":
         anchor = anchor_info(llama_server)
@@ -572,7 +579,8 @@ def format_markdown(result: dict) -> str:
 def reproducing_command(args, threads: int, llama_server: str) -> str:
     cmd = ["zigllama", "bench-serve", "--model", str(args.model), "--threads", str(threads), "--n-ctx",
            str(args.n_ctx), "--clients", args.clients, "--requests", str(args.requests), "--max-tokens",
-           str(args.max_tokens), "--llama-server", llama_server]
+           str(args.max_tokens), "--llama-server", llama_server, "--max-batch", str(args.max_batch)]
+    cmd += ["--also-unbatched"] if args.also_unbatched else []
     for flag in ("json", "markdown"):
         if getattr(args, flag):
             cmd += [f"--{flag}", getattr(args, flag)]
@@ -588,7 +596,8 @@ def cmd_bench_serve(args) -> int:
     result = run(args.model, threads=threads, n_ctx=args.n_ctx, clients=clients, requests=args.requests,
                  max_tokens=args.max_tokens, llama_server=llama_server,
                  command=reproducing_command(args, threads, llama_server), startup_timeout=args.startup_timeout,
-                 request_timeout=args.request_timeout)
+                 request_timeout=args.request_timeout, max_batch=args.max_batch,
+                 also_unbatched=args.also_unbatched)
     text = format_markdown(result)
     print(text)
     if args.json:
@@ -625,6 +634,10 @@ def add_parser(subparsers):
                    help=f"seconds a server may take to answer /health (default: {STARTUP_TIMEOUT_S:.0f})")
     p.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S,
                    help=f"seconds one request may take (default: {REQUEST_TIMEOUT_S:.0f})")
+    p.add_argument("--max-batch", type=_positive, default=8,
+                   help="our server's --max-batch (requests decoded together; default 8)")
+    p.add_argument("--also-unbatched", action="store_true",
+                   help="also run our server with --max-batch 1 (one request at a time: before batching)")
     p.add_argument("--json", help="also write the result (every request's timings) as JSON to this file")
     p.add_argument("--markdown", help="also write the markdown report to this file")
     p.set_defaults(func=cmd_bench_serve)
