@@ -669,8 +669,10 @@ def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa
     if kind == KIND_Q4_1:
         if n_tok == 1:
             dot_row(1, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
-        else:
+        elif n_tok == 4:
             dot_row(1, 4, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
+        else:
+            dot_row(1, 8, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
     elif kind == KIND_Q8_0:
         if n_tok == 1:
             dot_row(0, 1, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa, o_stride)
@@ -717,7 +719,7 @@ def dot_any(kind, n_tok, w, xa, x_stride, xda, xd_stride, xsa, xs_stride, nb, oa
 @njit(cache=True, inline="always")
 def _pass_width(kind, t, n_tok):
     """How many tokens, from token ``t`` on, one :func:`dot_any` call takes."""
-    wide = WIDE_PASS if (kind == KIND_Q8_0 or kind == KIND_Q5_0 or kind == KIND_Q4_K or kind == KIND_Q6_K_TILED or kind == KIND_Q4_K_ROWS) else TOKENS_PER_PASS
+    wide = WIDE_PASS if (kind == KIND_Q8_0 or kind == KIND_Q4_1 or kind == KIND_Q5_0 or kind == KIND_Q4_K or kind == KIND_Q6_K_TILED or kind == KIND_Q4_K_ROWS) else TOKENS_PER_PASS
     if t + wide <= n_tok:
         return wide
     if t + TOKENS_PER_PASS <= n_tok:
