@@ -107,7 +107,23 @@ def test_defaults_are_llama_servers_and_openais():
     ({"stream_options": {"include_usage": True}}, "stream_options"), ({"stop": ["a"] * 5}, "stop"),
     ({"logit_bias": {"5": 101}}, "logit_bias"), ({"logit_bias": {"x": 1}}, "logit_bias"),
     ({"logit_bias": {"1000": 1}}, "logit_bias"), ({"top_logprobs": 2}, "top_logprobs"),
-    ({"frequency_penalty": 1}, "frequency_penalty"), ({"tools": [{"type": "function"}]}, "tools"),
+    ({"frequency_penalty": 3}, "frequency_penalty"), ({"tools": [{"type": "function"}]}, "tools"),
+    ({"presence_penalty": "a lot"}, "presence_penalty"), ({"repeat_penalty": -1}, "repeat_penalty"),
+    ({"repeat_penalty": 0}, "repeat_penalty"),  # SamplerConfig's open bound: (0, inf)
+    ({"repeat_last_n": -2}, "repeat_last_n"), ({"dry_multiplier": float("inf")}, "dry_multiplier"),
+    ({"dry_allowed_length": 1.5}, "dry_allowed_length"), ({"dry_sequence_breakers": [1]}, "dry_sequence_breakers"),
+    ({"dry_sequence_breakers": "\n"}, "dry_sequence_breakers"), ({"typical_p": 0}, "typical_p"),
+    ({"xtc_probability": 1.5}, "xtc_probability"), ({"dynatemp_range": -1}, "dynatemp_range"),
+    ({"mirostat": 3}, "mirostat"), ({"mirostat_tau": -1}, "mirostat_tau"), ({"top_p": 0}, "top_p"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer",
+                                                                                          "minimum": 5,
+                                                                                          "maximum": 1}}}},
+     "response_format"),
+    ({"grammar": 'root ::= "a'}, "grammar"), ({"grammar": ""}, "grammar"),
+    ({"grammar": 'root ::= "a"', "response_format": {"type": "json_object"}}, "grammar"),
+    ({"json_schema": {"type": "nonsense"}}, "json_schema"),
     ({"n": 3}, "n"), ({"max_tokens": -5}, "max_tokens"),
 ])
 def test_bad_fields_name_themselves(body, param):
@@ -124,8 +140,45 @@ def test_completion_logprobs_range():
 
 
 def test_harmless_values_of_unsupported_fields_pass():
-    parse({"presence_penalty": 0, "frequency_penalty": 0.0, "response_format": {"type": "text"}, "n": 1,
-           "user": "someone"})
+    parse({"tools": [], "n": 1, "user": "someone", "response_format": {"type": "text"}})
+
+
+def test_sampler_fields_reach_the_sampler_config():
+    """llama-server's names map onto SamplerConfig's fields; the result builds a valid chain."""
+    from zigllama_lib.inference.sampling import SamplerConfig
+
+    p = parse({"presence_penalty": 0.5, "frequency_penalty": -0.5, "repeat_penalty": 1.3, "repeat_last_n": -1,
+               "dry_multiplier": 0.8, "dry_base": 2.0, "dry_allowed_length": 3, "dry_penalty_last_n": 128,
+               "dry_sequence_breakers": ["\n", "."], "typical_p": 0.9, "top_n_sigma": 2.0,
+               "xtc_probability": 0.5, "xtc_threshold": 0.2, "dynatemp_range": 0.3, "dynatemp_exponent": 1.5,
+               "mirostat": 2, "mirostat_tau": 4.0, "mirostat_eta": 0.2})
+    cfg = SamplerConfig(**p.sampler_kwargs())
+    assert (cfg.presence_penalty, cfg.frequency_penalty, cfg.repeat_penalty, cfg.penalty_last_n) == (0.5, -0.5, 1.3, -1)
+    assert (cfg.dry_multiplier, cfg.dry_base, cfg.dry_allowed_length, cfg.dry_penalty_last_n) == (0.8, 2.0, 3, 128)
+    assert cfg.dry_sequence_breakers == ("\n", ".") and (cfg.typical_p, cfg.top_n_sigma) == (0.9, 2.0)
+    assert (cfg.xtc_probability, cfg.xtc_threshold, cfg.dynatemp_range, cfg.dynatemp_exponent) == (0.5, 0.2, 0.3, 1.5)
+    assert (cfg.mirostat, cfg.mirostat_tau, cfg.mirostat_eta) == (2, 4.0, 0.2)
+    assert parse({}).sampler_kwargs() == {} and parse({}).grammar is None
+
+
+def test_grammar_fields_give_gbnf():
+    from zigllama_lib.inference.grammar import Grammar
+
+    assert parse({"grammar": 'root ::= "yes" | "no"'}).grammar == 'root ::= "yes" | "no"'
+    for body in ({"response_format": {"type": "json_object"}},
+                 {"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer"}}}},
+                 {"json_schema": {"type": "object", "properties": {"a": {"type": "string"}}}}):
+        Grammar.parse(parse(body).grammar)  # a GBNF our parser (and so the matcher) takes
+
+
+def test_grammar_errors_name_line_and_column():
+    with pytest.raises(APIError) as e:
+        parse({"grammar": 'root ::= "a"\nitem ::= [a-z\n'})
+    assert e.value.status == 400 and "line 2, column 10" in e.value.message and e.value.code == "invalid_grammar"
+    with pytest.raises(APIError) as e:
+        parse({"json_schema": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 3,
+                                                                     "maximum": 1}}}})
+    assert e.value.status == 400 and "a" in e.value.message and e.value.code == "invalid_schema"
 
 
 # -- the queue limit (503) and the CLI's model ids ----------------------------------------

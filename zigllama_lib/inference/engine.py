@@ -84,12 +84,15 @@ class LanguageModel:
     def generate_ids(self, ids: Sequence[int], max_tokens: int = 128, temperature: float = 0.8,
                      top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None,
                      stop_at_eog: bool = True, numerics: str | None = None,
-                     grammar: str | None = None) -> Iterator[int]:
+                     grammar: str | None = None, **sampler_options) -> Iterator[int]:
         """Yield generated token ids after prompt ``ids`` (sampler defaults are llama.cpp's).
 
         ``grammar``: GBNF text (e.g. from :func:`.json_schema.json_schema_to_gbnf`); every token is
-        then drawn from the tokens it admits, and end-of-generation only once it is complete."""
-        sampler = make_sampler(temperature, top_k, top_p, min_p, seed)
+        then drawn from the tokens it admits, and end-of-generation only once it is complete.
+        ``sampler_options``: any other :class:`.sampling.SamplerConfig` field (``repeat_penalty``,
+        ``presence_penalty``, ``dry_multiplier``, ``typical_p``, ``xtc_probability``, ``mirostat``...)."""
+        sampler = make_sampler(temperature, top_k, top_p, min_p, seed, tokenizer=self.tokenizer, n_ctx=self.n_ctx,
+                               **sampler_options)
         config = GenerationConfig(max_tokens=max_tokens, stop_at_eog=stop_at_eog)
         self.last_stats = {}
         matcher = self.grammar_matcher(grammar) if grammar is not None else None
@@ -108,7 +111,7 @@ class LanguageModel:
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None,
                  add_special: bool = True, parse_special: bool = False, stop_at_eog: bool = True,
-                 numerics: str | None = None, grammar: str | None = None) -> Iterator[str]:
+                 numerics: str | None = None, grammar: str | None = None, **sampler_options) -> Iterator[str]:
         """Stream the continuation of ``prompt`` as text pieces (never splitting a UTF-8 character);
         ``grammar``: GBNF text constraining it (see :meth:`generate_ids`)."""
         if not isinstance(prompt, str):
@@ -117,7 +120,7 @@ class LanguageModel:
         stream = Utf8Stream()
         for token in self.generate_ids(ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                        top_p=top_p, min_p=min_p, seed=seed, stop_at_eog=stop_at_eog,
-                                       numerics=numerics, grammar=grammar):
+                                       numerics=numerics, grammar=grammar, **sampler_options):
             piece = stream.push(self.tokenizer.token_bytes(token, render_special=False))
             if piece:
                 yield piece
@@ -141,7 +144,8 @@ class LanguageModel:
 
     def chat_ids(self, messages, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None, numerics: str | None = None,
-                 tools=None, chat_template: str | None = None, **template_kwargs) -> Iterator[int]:
+                 tools=None, chat_template: str | None = None, grammar: str | None = None,
+                 sampler_options: dict | None = None, **template_kwargs) -> Iterator[int]:
         """Yield the reply's token ids to ``messages`` (stops at the end-of-turn token, not yielded).
 
         The conversation is rendered and checked now (a bad template or a
@@ -150,11 +154,13 @@ class LanguageModel:
         """
         ids = self.chat_prompt_ids(messages, tools=tools, chat_template=chat_template, **template_kwargs)
         return self.generate_ids(ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 min_p=min_p, seed=seed, numerics=numerics)
+                                 min_p=min_p, seed=seed, numerics=numerics, grammar=grammar,
+                                 **(sampler_options or {}))
 
     def chat(self, messages, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
              min_p: float = 0.05, seed: int | None = None, numerics: str | None = None, tools=None,
-             chat_template: str | None = None, **template_kwargs) -> Iterator[str]:
+             chat_template: str | None = None, grammar: str | None = None, sampler_options: dict | None = None,
+             **template_kwargs) -> Iterator[str]:
         """Stream the reply to ``messages`` as text pieces, as :meth:`generate` does.
 
         ``messages``: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
@@ -163,7 +169,7 @@ class LanguageModel:
         """
         tokens = self.chat_ids(messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                min_p=min_p, seed=seed, numerics=numerics, tools=tools, chat_template=chat_template,
-                               **template_kwargs)
+                               grammar=grammar, sampler_options=sampler_options, **template_kwargs)
         return stream_text(tokens, lambda t: self.tokenizer.token_bytes(t, render_special=False))
 
     def complete(self, prompt: str, **kwargs) -> str:

@@ -370,7 +370,8 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
                                                                  code="request_timeout").body()) + "\n\n"
                             break
                         if "error" in ev:
-                            yield "data: " + json.dumps(APIError(500, ev["error"]).body()) + "\n\n"
+                            err = APIError(ev.get("status", 500), ev["error"], code=ev.get("code"))
+                            yield "data: " + json.dumps(err.body()) + "\n\n"
                             break
                         if ev.get("done"):
                             usage = ev["usage"]
@@ -422,7 +423,7 @@ def create_app(models: dict, api_key: str | None = None, max_body_bytes: int = M
                     metrics.count(path, 499)  # nginx's "client closed request": nobody is listening any more
                     return PlainTextResponse("", status_code=499)
                 if "error" in ev:
-                    raise APIError(500, ev["error"])
+                    raise APIError(ev.get("status", 500), ev["error"], code=ev.get("code"))
                 if ev.get("done"):
                     break
                 t_first = t_first or time.perf_counter()

@@ -66,7 +66,28 @@ def token_logprob_entry(tokenizer, logits, token: int, n_top: int) -> dict:
 
 
 def error_event(e: Exception) -> dict:
+    """The event that ends a job with ``e``; a grammar that admits no token is the request's own doing
+    (a 400, code ``grammar_dead_end``), anything else a 500."""
+    from ..inference.grammar import GrammarError
+
+    if isinstance(e, GrammarError):
+        return {"error": f"the grammar admits no token here: {e}", "status": 400, "code": "grammar_dead_end"}
     return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _chain(processors):
+    """One logits processor applying ``processors`` in order (None if there are none)."""
+    if not processors:
+        return None
+    if len(processors) == 1:
+        return processors[0]
+
+    def apply(logits):
+        for f in processors:
+            logits = f(logits)
+        return logits
+
+    return apply
 
 
 @dataclass(eq=False)
@@ -188,12 +209,22 @@ class Engine:
         return b
 
     def _request(self, job: Job) -> BatchRequest:
-        """The batcher's view of a job: its prompt, sampler chain, logit bias and length limit."""
+        """The batcher's view of a job: its prompt, sampler chain, logit bias, grammar and length limit.
+
+        The grammar's mask runs after the logit bias (a bias cannot revive a token the grammar forbids);
+        its matcher hears every sampled token."""
         m, p = job.model, job.params
         max_tokens = p.max_tokens if p.max_tokens is not None else max(1, m.n_ctx - len(job.prompt_ids))
-        sampler = make_sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.seed)
-        bias = LogitBias(p.logit_bias, m.n_vocab) if p.logit_bias else None
-        return BatchRequest(job.prompt_ids, sampler, max_tokens, m.tokenizer.is_eog, logits_processor=bias)
+        sampler = make_sampler(p.temperature, p.top_k, p.top_p, p.min_p, p.seed, tokenizer=m.tokenizer,
+                               n_ctx=m.n_ctx, **p.sampler_kwargs())
+        processors = [LogitBias(p.logit_bias, m.n_vocab)] if p.logit_bias else []
+        on_token = None
+        if p.grammar is not None:
+            matcher = m.grammar_matcher(p.grammar)
+            processors.append(matcher.mask)
+            on_token = matcher.accept
+        return BatchRequest(job.prompt_ids, sampler, max_tokens, m.tokenizer.is_eog,
+                            logits_processor=_chain(processors), on_token=on_token)
 
     def _step(self) -> None:
         for a in list(self._active.values()):
