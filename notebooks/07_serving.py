@@ -32,7 +32,7 @@
 #    check that the stream says exactly what the whole answer says;
 # 4. measure time to first token and inter-token latency from the chunks'
 #    arrival times;
-# 5. see how one engine serves many clients (a FIFO queue) and what a bad
+# 5. see how one engine serves many clients (continuous batching) and what a bad
 #    request gets back.
 
 # %%
@@ -275,10 +275,12 @@ print(f"{len(arrivals)} text chunks; "
 #
 # The server generates on one engine thread; the event loop that talks HTTP
 # never runs a forward pass, so it keeps answering `/health` and accepting
-# requests while a reply is generated. Requests queue in arrival order (FIFO),
-# so nobody starves: each waits for the ones that came before it. (Continuous
-# batching, which advances many requests per step, is the next step of layer 6
-# and plugs in behind the same API.) Four clients at once:
+# requests while a reply is generated. The engine batches continuously (layer
+# 6's `ContinuousBatcher`, notebook 06 section 6c): each step it admits the
+# requests that arrived (up to `--max-batch`, 8 by default; the rest wait in
+# arrival order), decodes one token of every running request in one forward
+# pass, reads a chunk of a new prompt, and retires what finished. Each reply is
+# exactly what it would be alone. Four clients at once:
 
 # %%
 def timed_stream(i, body, spans):
@@ -309,11 +311,14 @@ for i, (s, first, end) in sorted(spans.items()):
 ax.set_yticks(range(len(questions)), [f"client {i}: {q}" for i, q in enumerate(questions)])
 ax.invert_yaxis()
 ax.set_xlabel("seconds (grey: waiting for the first token, blue: streaming)")
-ax.set_title("Four clients, one engine: replies are generated one after another, in arrival order")
+ax.set_title("Four clients, one engine: their replies stream side by side (continuous batching)")
 fig.tight_layout()
 plt.show()
 order = sorted(spans, key=lambda i: spans[i][1])
 print("first tokens arrived in the order of clients", order)
+widest = [line for line in http.get("/metrics").text.splitlines()
+          if line.startswith("zigllama_engine_batch_rows_max ")]
+print(widest[0], "(the most requests decoded in one forward pass so far)")
 
 # %% [markdown]
 # ## 6. Bad requests get OpenAI's error shape
@@ -359,8 +364,9 @@ print("\n".join(line for line in metrics_text.splitlines()
 #   what the whole answer says.
 # - TTFT is prefill plus one step; ITL is one decode step. Both are read from
 #   chunk arrival times.
-# - One engine thread, a FIFO queue: the HTTP side never blocks on the model,
-#   and no request starves.
+# - One engine thread, continuous batching: the HTTP side never blocks on the
+#   model, requests join and leave the batch at every step, waiting ones are
+#   admitted in arrival order, and each reply equals the same request alone.
 #
 # ## Exercises
 #
