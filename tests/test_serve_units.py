@@ -112,7 +112,8 @@ def test_defaults_are_llama_servers_and_openais():
     ({"repeat_penalty": 0}, "repeat_penalty"),  # SamplerConfig's open bound: (0, inf)
     ({"repeat_last_n": -2}, "repeat_last_n"), ({"dry_multiplier": float("inf")}, "dry_multiplier"),
     ({"dry_allowed_length": 1.5}, "dry_allowed_length"), ({"dry_sequence_breakers": [1]}, "dry_sequence_breakers"),
-    ({"dry_sequence_breakers": "\n"}, "dry_sequence_breakers"), ({"typical_p": 0}, "typical_p"),
+    ({"dry_sequence_breakers": "\n"}, "dry_sequence_breakers"), ({"dry_sequence_breakers": []}, "dry_sequence_breakers"),
+    ({"typical_p": 0}, "typical_p"), ({"typical_p": float("nan")}, "typical_p"),
     ({"xtc_probability": 1.5}, "xtc_probability"), ({"dynatemp_range": -1}, "dynatemp_range"),
     ({"mirostat": 3}, "mirostat"), ({"mirostat_tau": -1}, "mirostat_tau"), ({"top_p": 0}, "top_p"),
     ({"response_format": {"type": "xml"}}, "response_format"),

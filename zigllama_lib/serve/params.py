@@ -151,9 +151,10 @@ def _sampler_fields(body) -> dict:
         out[cfg_name] = _integer(body, name, None, lo, hi) if kind == "int" else _number(body, name, None, lo, hi)
     v = body.get("dry_sequence_breakers")
     if v is not None:
-        if (not isinstance(v, list) or len(v) > MAX_DRY_BREAKERS
+        # llama-server refuses an empty list too (it would silently turn every breaker off)
+        if (not isinstance(v, list) or not 0 < len(v) <= MAX_DRY_BREAKERS
                 or not all(isinstance(x, str) and 0 < len(x) <= 64 for x in v)):
-            raise APIError(400, f"'dry_sequence_breakers' must be a list of at most {MAX_DRY_BREAKERS} non-empty "
+            raise APIError(400, f"'dry_sequence_breakers' must be a list of 1 to {MAX_DRY_BREAKERS} non-empty "
                                 f"strings of at most 64 characters", param="dry_sequence_breakers")
         out["dry_sequence_breakers"] = tuple(v)
     return out
