@@ -374,7 +374,7 @@ class Decoder:
         return nm.matmul(lw.w_down, hidden)
 
     def forward(self, ids, cache: KVCache | PagedSequence, numerics: Numerics, all_logits: bool = False,
-                attention_sink: list | None = None) -> np.ndarray:
+                attention_sink: list | None = None, hidden_sink: list | None = None) -> np.ndarray:
         """Run ``ids`` (n_tok,) at positions ``cache.n_past ..``; return logits (see :meth:`_forward`).
 
         The float numerics multiply through numpy's BLAS between Numba kernels. In a prefill BLAS
@@ -385,16 +385,17 @@ class Decoder:
         """
         if numerics.name == "float" and np.ndim(ids) == 1 and len(ids) > 1:
             with blas_single_threaded():
-                return self._forward(ids, cache, numerics, all_logits, attention_sink)
-        return self._forward(ids, cache, numerics, all_logits, attention_sink)
+                return self._forward(ids, cache, numerics, all_logits, attention_sink, hidden_sink)
+        return self._forward(ids, cache, numerics, all_logits, attention_sink, hidden_sink)
 
     def _forward(self, ids, cache: KVCache | PagedSequence, numerics: Numerics, all_logits: bool = False,
-                 attention_sink: list | None = None) -> np.ndarray:
+                 attention_sink: list | None = None, hidden_sink: list | None = None) -> np.ndarray:
         """Run ``ids`` (n_tok,) at positions ``cache.n_past ..``; return logits.
 
         Returns (n_tok, n_vocab) float32 if ``all_logits`` else (1, n_vocab) for
         the last position only (all a sampler needs). If ``attention_sink`` is a
-        list, each layer's attention weights (n_head, n_tok, n_kv) are appended.
+        list, each layer's attention weights (n_head, n_tok, n_kv) are appended; if ``hidden_sink``
+        is, the final-norm hidden states the logits are computed from (rows as the logits').
         """
         s = self.spec
         ids = np.asarray(ids, dtype=np.int64)
@@ -404,7 +405,8 @@ class Decoder:
             raise ModelError(f"token id out of range [0, {s.n_vocab}): {int(ids.max() if ids.max() >= s.n_vocab else ids.min())}")
         cache.check_room(len(ids))
         if (len(ids) == 1 and numerics.name == "llama.cpp" and self.fused_decode and not all_logits
-                and attention_sink is None and cache.dtype == np.float16 and cache.is_linear()):
+                and attention_sink is None and hidden_sink is None and cache.dtype == np.float16
+                and cache.is_linear()):
             if self._fused is None:
                 self._fused = FusedDecodeStep(self)
             return self._fused(int(ids[0]), cache)  # the same bits as the loop below, ~3x faster
@@ -413,7 +415,10 @@ class Decoder:
         cache.advance(len(ids))
         if not all_logits:
             h = h[-1:]
-        return numerics.matmul(self.output, numerics.rms_norm(h, self.output_norm, s.norm_eps))
+        h = numerics.rms_norm(h, self.output_norm, s.norm_eps)
+        if hidden_sink is not None:
+            hidden_sink.append(h)
+        return numerics.matmul(self.output, h)
 
     def _layers(self, h, cache, numerics: Numerics, all_rows: bool, attention_sink: list | None = None,
                 positions: np.ndarray | None = None) -> np.ndarray:
@@ -441,7 +446,8 @@ class Decoder:
             h = h + f
         return h
 
-    def forward_batch(self, tokens, seqs: list[PagedSequence], numerics: Numerics) -> np.ndarray:
+    def forward_batch(self, tokens, seqs: list[PagedSequence], numerics: Numerics,
+                      hidden_sink: list | None = None) -> np.ndarray:
         """One decode step of several sequences of one paged cache in one pass (continuous batching).
 
         Row ``r`` is the next token of ``seqs[r]`` (distinct sequences) at that sequence's next
@@ -469,7 +475,10 @@ class Decoder:
                          positions=positions)
         for v in seqs:
             v.advance(1)
-        return numerics.matmul(self.output, numerics.rms_norm(h, self.output_norm, s.norm_eps))
+        h = numerics.rms_norm(h, self.output_norm, s.norm_eps)
+        if hidden_sink is not None:  # the final-norm hidden states (n, d_model)
+            hidden_sink.append(h)
+        return numerics.matmul(self.output, h)
 
     # -- anatomy ------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
