@@ -464,11 +464,13 @@ class GGUFFile:
             if d >= 2**63:
                 raise GGUFError(f"{where}dimension {d} of shape {shape} is negative as int64")
             n_elements *= d
+            if n_elements >= 2**63:
+                raise GGUFError(f"{where}shape {shape} has more than 2^63 elements")
             extent *= max(d, 1)
             # ggml refuses products of dimensions past INT64_MAX even when another is 0 (found by fuzzing:
             # numpy then cannot even shape an empty view of them)
-            if extent >= 2**63:
-                raise GGUFError(f"{where}shape {shape} has dimensions whose product exceeds 2^63")
+            if extent >= 2**60:  # numpy views at most 2^63 bytes: 2^60 elements of up to 8 bytes
+                raise GGUFError(f"{where}shape {shape} has dimensions whose product exceeds 2^60")
         block, type_size = BLOCK_GEOMETRY[t]
         ne0 = shape[0] if shape else 1
         if ne0 % block:

@@ -40,6 +40,7 @@ import re
 from typing import Any
 
 from ..foundation.errors import ZigLlamaError
+from .grammar import MAX_REPETITION_THRESHOLD
 
 SPACE_RULE = '| " " | "\\n"{1,2} [ \\t]{0,20}'
 
@@ -562,6 +563,9 @@ class SchemaConverter:
         lo, hi = schema.get("minItems", 0), schema.get("maxItems")
         if not isinstance(lo, int) or lo < 0 or (hi is not None and (not isinstance(hi, int) or hi < lo)):
             raise SchemaError(f"{path}: minItems/maxItems must be integers with 0 <= minItems <= maxItems")
+        if max(lo, hi or 0) > MAX_REPETITION_THRESHOLD:  # found by fuzzing: GBNF caps {m,n} (llama.cpp too)
+            raise SchemaError(f"{path}: minItems/maxItems above {MAX_REPETITION_THRESHOLD}, the grammar's "
+                              f"repetition limit")
         return self.add_rule(name, f'"[" space {_repeat(item, lo, hi, sep=chr(34) + "," + chr(34) + " space")} "]" space')
 
     def string_rule(self, schema: dict, name: str, path: str) -> str:
@@ -586,6 +590,9 @@ class SchemaConverter:
         if lo or hi is not None:
             if not isinstance(lo, int) or lo < 0 or (hi is not None and (not isinstance(hi, int) or hi < lo)):
                 raise SchemaError(f"{path}: minLength/maxLength must be integers with 0 <= minLength <= maxLength")
+            if max(lo, hi or 0) > MAX_REPETITION_THRESHOLD:
+                raise SchemaError(f"{path}: minLength/maxLength above {MAX_REPETITION_THRESHOLD}, the grammar's "
+                                  f"repetition limit")
             char = self.primitive("char")
             return self.add_rule(name, f'"\\"" {_repeat(char, lo, hi) or chr(34) * 2} "\\"" space')
         prim = self.primitive("string")
