@@ -235,3 +235,39 @@ def test_mirostat_v2_surprise_converges_to_tau(smollm):
         logits = smollm.decoder.forward([t], cache, numerics)[-1]
     late = float(np.mean(miro.surprises[40:]))
     assert abs(late - tau) < 0.5, late
+
+
+def test_libstdcpp_sort_of_nan_keys_is_the_compiled_one(tmp_path):
+    """The permutation std::sort makes with an always-false comparator (llama.cpp's typical sampling
+    when its entropy is NaN), against the same std::sort compiled here."""
+    import shutil
+    import subprocess
+
+    from zigllama_lib.inference.sampler_chain import libstdcpp_sort_all_equivalent
+
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("needs g++ (libstdc++) for the reference std::sort")
+    src = tmp_path / "s.cpp"
+    src.write_text("""#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <vector>
+int main() {
+    for (int n : {0, 1, 2, 16, 17, 18, 33, 40, 100, 1000, 1023, 4097, 49152}) {
+        std::vector<float> key(n, NAN);
+        std::vector<size_t> idx(n);
+        std::iota(idx.begin(), idx.end(), 0);
+        std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return key[a] < key[b]; });
+        printf("%d", n);
+        for (size_t v : idx) printf(" %zu", v);
+        printf("\\n");
+    }
+}
+""", encoding="utf-8")
+    subprocess.run([gxx, "-O2", "-std=c++17", str(src), "-o", str(tmp_path / "s")], check=True, timeout=120)
+    out = subprocess.run([str(tmp_path / "s")], check=True, capture_output=True, text=True, timeout=60).stdout
+    for line in out.splitlines():
+        n, *perm = map(int, line.split())
+        assert libstdcpp_sort_all_equivalent(n).tolist() == perm, n

@@ -174,6 +174,11 @@ CHAIN_CONFIGS = [
     SamplerConfig(seed=6, mirostat=1, mirostat_tau=4.0, temperature=1.1),
     SamplerConfig(seed=7, mirostat=2, mirostat_tau=3.0, mirostat_eta=0.2),
     SamplerConfig(seed=2**40 + 8, temperature=0.0, repeat_penalty=1.5),  # greedy after penalties
+    # top-n-sigma leaves its masked tokens in llama.cpp's array at -inf: top-k 40 then keeps some of
+    # them, typical's entropy turns NaN (std::sort of NaN keys), XTC counts them
+    SamplerConfig(seed=9, top_n_sigma=1.0, typical_p=0.9, xtc_probability=0.5, xtc_threshold=0.05),
+    SamplerConfig(seed=10, top_n_sigma=1.0, typical_p=0.8, top_k=0),
+    SamplerConfig(seed=11, top_n_sigma=1.0, xtc_probability=0.9, xtc_threshold=0.05, top_p=1.0, min_p=0.0),
 ]
 
 

@@ -38,7 +38,8 @@ from .sampling import Candidates, SamplerConfig, _drop_impossible, apply_tempera
 
 __all__ = ["Dry", "MirostatV1", "Mt19937", "Penalties", "MirostatV2", "Sampler", "Xtc", "canonical_double", "dist_draw",
            "dry_breakers", "dynamic_temperature", "uniform_float",
-           "llama_min_p", "llama_softmax", "llama_top_p", "top_n_sigma_filter", "typical_filter"]
+           "libstdcpp_sort_all_equivalent", "llama_min_p", "llama_softmax", "llama_top_p", "top_n_sigma_filter",
+           "typical_filter"]
 
 
 class Mt19937:
@@ -141,18 +142,55 @@ class Penalties:
         return Candidates(c.ids, z, None, False)
 
 
+def libstdcpp_sort_all_equivalent(n: int) -> np.ndarray:
+    """The permutation libstdc++'s ``std::sort`` (GCC 12) makes of ``0..n-1`` when its comparator is
+    always false (every key NaN): introsort's median-of-three moves the middle element first, each
+    partition reverses the rest, the final insertion sort moves nothing.
+
+        >>> libstdcpp_sort_all_equivalent(20).tolist()[:6]
+        [10, 19, 18, 17, 16, 15]
+
+    (checked against the compiled ``std::sort`` for n = 0..3000 and a few vocabulary sizes)."""
+    a = np.arange(n)
+
+    def introsort_loop(first: int, last: int, depth: int) -> None:
+        while last - first > 16:              # _S_threshold
+            if depth == 0:                    # heap-sort fallback; halving never gets here
+                raise AssertionError("introsort depth limit reached")
+            depth -= 1
+            mid = first + (last - first) // 2
+            a[first], a[mid] = a[mid], a[first]             # __move_median_to_first: all false -> mid
+            a[first + 1:last] = a[first + 1:last][::-1].copy()  # __unguarded_partition swaps both ends inwards
+            cut = first + 1 + (last - first - 1) // 2
+            introsort_loop(cut, last, depth)
+            last = cut
+
+    if n > 1:
+        introsort_loop(0, n, 2 * (n.bit_length() - 1))    # 2 * __lg(n)
+    return a
+
+
 def typical_filter(c: Candidates, p: float, min_keep: int = 1) -> Candidates:
-    """Locally typical sampling (see the module docstring); ``p >= 1`` disables."""
+    """Locally typical sampling (see the module docstring); ``p >= 1`` disables.
+
+    A candidate of probability 0 (a logit of -inf that an earlier stage, such as top-n-sigma, masked
+    but left in the array) makes llama.cpp's entropy ``-0 * log(0)`` NaN, so every score is NaN and
+    its ``std::sort`` leaves the tokens in the order of :func:`libstdcpp_sort_all_equivalent`; the
+    running sum then keeps a prefix of that order. This reproduces it."""
     if p >= 1.0:
         return c
     s = llama_softmax(c)
     probs = s.probs
-    logp = log_f32(probs.astype(np.float32))  # libm's logf, as llama.cpp (not numpy's per-CPU kernel)
-    entropy = np.float32(0)
-    for q, lq in zip(probs.tolist(), logp.tolist()):
-        entropy = np.float32(entropy + np.float32(-q) * np.float32(lq))
-    shifted = np.abs(-logp - entropy)
-    order = np.argsort(shifted, kind="stable")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = log_f32(probs.astype(np.float32))  # libm's logf, as llama.cpp (not numpy's per-CPU kernel)
+        entropy = np.float32(0)
+        for q, lq in zip(probs.tolist(), logp.tolist()):
+            entropy = np.float32(entropy + np.float32(-q) * np.float32(lq))
+        shifted = np.abs(-logp - entropy)
+    if np.isnan(entropy):
+        order = libstdcpp_sort_all_equivalent(len(s))
+    else:
+        order = np.argsort(shifted, kind="stable")
     cum, last = np.float32(0), len(order)
     for i, idx in enumerate(order):
         cum = np.float32(cum + probs[idx])
@@ -207,8 +245,12 @@ def llama_min_p(c: Candidates, p: float, min_keep: int = 0) -> Candidates:
     return s.take(np.arange(int(stop[0]) if len(stop) else n))
 
 
-def top_n_sigma_filter(c: Candidates, n: float) -> Candidates:
-    """Keep ``z_i >= max z - n std(z)`` over the finite logits; ``n <= 0`` disables."""
+def top_n_sigma_filter(c: Candidates, n: float, keep_masked: bool = False) -> Candidates:
+    """Keep ``z_i >= max z - n std(z)`` over the finite logits; ``n <= 0`` disables.
+
+    ``keep_masked``: as llama.cpp does, set the others to -inf and keep them in the set (its size
+    matters downstream: top-k then keeps k entries, typical sampling's entropy turns NaN, dynamic
+    temperature's maximum entropy counts them, XTC needs two entries)."""
     if n <= 0 or len(c) <= 1:
         return c
     z = c.logits.astype(np.float32)
@@ -216,6 +258,9 @@ def top_n_sigma_filter(c: Candidates, n: float) -> Candidates:
     mean = np.float32(np.cumsum(finite, dtype=np.float32)[-1] / np.float32(len(finite)))
     std = np.float32(np.sqrt(np.sum((finite.astype(np.float64) - mean) ** 2) / len(finite)))
     keep = ~(z < z.max() - np.float32(n) * std)
+    if keep_masked:
+        return c if keep.all() else Candidates(c.ids, np.where(keep, c.logits, -np.inf).astype(c.logits.dtype),
+                                               None, c.is_sorted)
     return c.take(np.flatnonzero(keep))
 
 
@@ -571,7 +616,7 @@ class Sampler:
         c = self.penalties(c)
         if self.dry is not None:
             c = self.dry(c)
-        c = top_n_sigma_filter(c, cfg.top_n_sigma)
+        c = top_n_sigma_filter(c, cfg.top_n_sigma, keep_masked=True)  # llama.cpp's array keeps them at -inf
         c = top_k_filter(c, cfg.top_k)
         c = typical_filter(c, cfg.typical_p)
         c = llama_top_p(c, cfg.top_p)
