@@ -36,6 +36,7 @@ spelled our own way, so compare grammars by the strings they accept.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -77,6 +78,32 @@ MAX_DIGITS = 16  # integral-part allows up to 16 digits, as llama.cpp
 
 class SchemaError(ZigLlamaError):
     """A JSON schema is malformed or uses something the converter does not support (the message names where)."""
+
+
+_JSON_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+                   bool: "a boolean"}
+
+
+def _keyword(schema: dict, key: str, types: type | tuple[type, ...], path: str, default: Any = None) -> Any:
+    """``schema[key]`` checked to be one of ``types`` (a bool is not an integer here), else a
+    SchemaError naming ``path/key``; ``default`` when the key is absent."""
+    if key not in schema:
+        return default
+    value, types = schema[key], types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        expected = " or ".join(_JSON_TYPE_NAMES[t] for t in types)
+        raise SchemaError(f"{path}/{key}: must be {expected}, got {value!r:.80}")
+    return value
+
+
+def _integer_bound(value: Any, where: str) -> int:
+    """An integer schema's bound as a Python int: a JSON number with an integral value (1 or 1.0),
+    never a bool, a string or an infinity."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SchemaError(f"{where}: integer bounds must be numbers, got {value!r}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise SchemaError(f"{where}: integer bounds must be integers, got {value!r}")
+    return int(value)
 
 
 def _literal(s: str) -> str:
@@ -468,15 +495,14 @@ class SchemaConverter:
             return self.string_rule(schema, name, path)
         if stype == "integer" and any(k in schema for k in ("minimum", "maximum", "exclusiveMinimum",
                                                             "exclusiveMaximum")):
-            lo, hi = schema.get("minimum"), schema.get("maximum")
-            if "exclusiveMinimum" in schema:
-                lo = schema["exclusiveMinimum"] + 1
-            if "exclusiveMaximum" in schema:
-                hi = schema["exclusiveMaximum"] - 1
-            for k, v in (("minimum", lo), ("maximum", hi)):
-                if v is not None and (not isinstance(v, (int, float)) or int(v) != v):
-                    raise SchemaError(f"{path}/{k}: integer bounds must be integers, got {v!r}")
-            return self.add_rule(rule_name, f"({int_range_gbnf(None if lo is None else int(lo), None if hi is None else int(hi))}) space")
+            bounds = {k: _integer_bound(schema[k], f"{path}/{k}")
+                      for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in schema}
+            lo, hi = bounds.get("minimum"), bounds.get("maximum")
+            if "exclusiveMinimum" in bounds:
+                lo = bounds["exclusiveMinimum"] + 1 if lo is None else max(lo, bounds["exclusiveMinimum"] + 1)
+            if "exclusiveMaximum" in bounds:
+                hi = bounds["exclusiveMaximum"] - 1 if hi is None else min(hi, bounds["exclusiveMaximum"] - 1)
+            return self.add_rule(rule_name, f"({int_range_gbnf(lo, hi)}) space")
         if stype in ("integer", "number", "boolean", "null"):
             prim = self.primitive(stype)
             return self.add_rule(rule_name, prim) if name == "root" else prim
@@ -487,28 +513,23 @@ class SchemaConverter:
 
     def merge_all_of(self, schema: dict, path: str) -> dict:
         props, required = {}, []
-        for i, sub in enumerate(schema["allOf"]):
-            if isinstance(sub, dict) and "$ref" in sub:
-                sub = self.resolve(sub["$ref"], f"{path}/allOf/{i}")
-            if not isinstance(sub, dict) or sub.get("type", "object") != "object":
-                raise SchemaError(f"{path}/allOf/{i}: only object schemas can be merged")
-            props.update(sub.get("properties", {}))
-            required += [r for r in sub.get("required", []) if r not in required]
         rest = {k: v for k, v in schema.items() if k != "allOf"}
-        props.update(rest.get("properties", {}))
-        required += [r for r in rest.get("required", []) if r not in required]
+        parts = [(f"{path}/allOf/{i}", sub) for i, sub in enumerate(_keyword(schema, "allOf", list, path))]
+        for where, sub in parts + [(path, rest)]:
+            if isinstance(sub, dict) and "$ref" in sub:
+                sub = self.resolve(_keyword(sub, "$ref", str, where), where)
+            if not isinstance(sub, dict) or sub.get("type", "object") != "object":
+                raise SchemaError(f"{where}: only object schemas can be merged")
+            props.update(_keyword(sub, "properties", dict, where, {}))
+            required += [r for r in self.required_names(sub, where) if r not in required]
         return {**rest, "type": "object", "properties": props, "required": required}
 
     def object_rule(self, schema: dict, name: str, path: str) -> str:
-        props = schema.get("properties", {})
-        if not isinstance(props, dict):
-            raise SchemaError(f"{path}/properties: must be an object")
+        props = _keyword(schema, "properties", dict, path, {})
         additional = schema.get("additionalProperties")
         if not props and additional in (None, True):
             return self.add_rule(name, self.primitive("object"))
-        required = schema.get("required", [])
-        if not isinstance(required, list):
-            raise SchemaError(f"{path}/required: must be a list")
+        required = self.required_names(schema, path)
         for r in required:
             if r not in props:
                 raise SchemaError(f"{path}/required: {r!r} is not in properties")
@@ -541,6 +562,14 @@ class SchemaConverter:
         return self.add_rule(name, body + ' "}" space')
 
     @staticmethod
+    def required_names(schema: dict, path: str) -> list[str]:
+        required = _keyword(schema, "required", list, path, [])
+        for i, r in enumerate(required):
+            if not isinstance(r, str):
+                raise SchemaError(f"{path}/required/{i}: property names are strings, got {r!r:.80}")
+        return required
+
+    @staticmethod
     def star_item(kv: str) -> str:
         return f'{kv[:-1]} ( "," space {kv[:-1]} )*' if kv.endswith("*") else kv
 
@@ -556,7 +585,7 @@ class SchemaConverter:
 
     def array_rule(self, schema: dict, name: str, path: str) -> str:
         if "prefixItems" in schema or isinstance(schema.get("items"), list):
-            items = schema.get("prefixItems", schema.get("items"))
+            items = _keyword(schema, "prefixItems", list, path) if "prefixItems" in schema else schema["items"]
             subs = [self.visit(s, f"{name}-{i}", f"{path}/prefixItems/{i}") for i, s in enumerate(items)]
             return self.add_rule(name, '"[" space ' + ' "," space '.join(subs) + ' "]" space')
         item = self.visit(schema.get("items", {}), f"{name}-item", f"{path}/items")
@@ -580,7 +609,7 @@ class SchemaConverter:
             except SchemaError as e:
                 raise SchemaError(f"{path}/pattern: {e}") from None
             return self.add_rule(name, f'"\\"" ({body}) "\\"" space')
-        fmt = schema.get("format")
+        fmt = _keyword(schema, "format", str, path)
         if fmt in FORMATS:
             prim = self.primitive(FORMATS[fmt])
             return self.add_rule(name, prim) if name == "root" else prim
