@@ -10,7 +10,8 @@ import pytest
 
 from zigllama_lib.foundation.errors import ZigLlamaError
 from zigllama_lib.foundation.gguf import GGUFFile
-from zigllama_lib.inference.grammar import Grammar, GrammarError, GrammarMatcher, TokenTrie, decode_utf8
+from zigllama_lib.inference.grammar import (MAX_PARSE_STACKS, Grammar, GrammarError, GrammarMatcher, TokenTrie,
+                                           decode_utf8)
 from zigllama_lib.models.tokenizer import Tokenizer
 
 from oracles import llama_cpp_source_tree
@@ -149,6 +150,24 @@ def test_dead_end_gives_a_clear_error():
     m.accept(1)
     with pytest.raises(GrammarError, match="admits no token"):
         m.mask(np.zeros(11, dtype=np.float32))
+
+
+AMBIGUOUS = r'root ::= [a::\x00-z\xa1[<[\\]* | . . {0,7}root {2,7}root'  # found by fuzzing
+
+
+def test_an_ambiguous_grammar_is_refused_not_followed_forever():
+    """Each character multiplies this grammar's parses (``root{2,7}`` of a root that can be two
+    any-chars): unchecked, the fourth character of '{"a": 1}' took over a minute and gigabytes."""
+    g = Grammar.parse(AMBIGUOUS)
+    assert g.matches("ab")  # two characters: 124 stacks, still followed
+    with pytest.raises(GrammarError, match=f"too ambiguous: more than {MAX_PARSE_STACKS} parse stacks"):
+        g.matches('{"a": 1}')
+
+
+def test_stack_counts_of_llama_cpp_grammars_stay_far_below_the_cap():
+    g = Grammar.parse(open(LLAMA_CPP_GRAMMARS / "json.gbnf").read())
+    assert g.matches('{"a": [1, 2.5e3, {"b": "c\\n"}], "d": [true, false, null]}')
+    assert max(len(stacks) for stacks in g._states) * 100 < MAX_PARSE_STACKS
 
 
 def test_token_references():

@@ -243,6 +243,17 @@ def test_grammar_dead_end_is_a_clear_400_and_the_server_goes_on(client):
     assert ok.choices[0].finish_reason in ("length", "stop")
 
 
+def test_too_ambiguous_grammar_is_a_400_and_the_server_goes_on(client):
+    """Every character multiplies this grammar's parses; past the cap the request ends with a 400
+    naming the ambiguity (before the cap, an unbounded matcher took minutes and gigabytes)."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=SMOLLM, prompt="Write:", temperature=0, max_tokens=16,
+                                  extra_body={"grammar": 'root ::= [a-z]* | . . {0,7}root {2,7}root'})
+    assert "too ambiguous" in str(e.value)
+    ok = client.completions.create(model=SMOLLM, prompt="Hello", temperature=0, max_tokens=4)
+    assert ok.choices[0].finish_reason in ("length", "stop")
+
+
 def test_malformed_grammar_and_schema_name_where(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=SMOLLM, prompt="x", max_tokens=4,

@@ -68,6 +68,10 @@ from ..foundation.errors import ZigLlamaError
 END, ALT, RULE_REF, CHAR, CHAR_NOT, CHAR_RNG_UPPER, CHAR_ALT, CHAR_ANY, TOKEN, TOKEN_NOT = range(10)
 
 MAX_REPETITION_THRESHOLD = 2000  # llama.cpp's cap on {m,n}
+# Parse stacks alive at once. Unambiguous grammars keep a handful (llama.cpp's json.gbnf: 12);
+# an ambiguous repetition such as ``root ::= "a" | root{2,7}`` multiplies them with every
+# character (found by fuzzing: over 10^5 after four characters). Past this a GrammarError.
+MAX_PARSE_STACKS = 4096
 
 
 class GrammarError(ZigLlamaError):
@@ -80,6 +84,12 @@ class GrammarError(ZigLlamaError):
 
 def _is_word_char(c: str) -> bool:
     return ("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c == "-"
+
+
+def _too_ambiguous() -> GrammarError:
+    return GrammarError(f"the grammar is too ambiguous: more than {MAX_PARSE_STACKS} parse stacks alive at once "
+                        f"(a repetition whose items can match the same text in many ways, such as (x?)* or "
+                        f"r{{2,7}} of a recursive r); rewrite it so each text has few parses")
 
 
 class _Parser:
@@ -517,6 +527,8 @@ class Grammar:
                 if st in seen:
                     continue
                 seen.add(st)
+                if len(seen) > MAX_PARSE_STACKS:
+                    raise _too_ambiguous()
                 if not st:
                     res.add(st)
                     continue
@@ -537,6 +549,8 @@ class Grammar:
                     res.add(st)
             cached = self._advance_cache[stack] = frozenset(res)
         out |= cached
+        if len(out) > MAX_PARSE_STACKS:
+            raise _too_ambiguous()
 
     # -- states: interned stack sets -----------------------------------------------------
     def _intern(self, stacks: frozenset) -> int:

@@ -270,14 +270,17 @@ class _Regex:
         if c in "*+?":
             out = atom + c
         else:
-            m = re.match(r"(\d+)(,(\d*))?\}", p[self.i:])
+            m = re.match(r"(\d{1,9})(,(\d{0,9}))?\}", p[self.i:])
             if not m:
-                raise self.error("malformed {m,n} quantifier")
+                raise self.error("malformed {m,n} quantifier (counts of at most nine digits)")
             self.i += m.end()
             lo = int(m.group(1))
             hi = lo if m.group(2) is None else (int(m.group(3)) if m.group(3) else None)
             if hi is not None and hi < lo:  # found by fuzzing: {4,3} wrote GBNF the parser rejects
                 raise self.error(f"quantifier {{{lo},{hi}}} has max < min")
+            if max(lo, hi or 0) > MAX_REPETITION_THRESHOLD:  # found by fuzzing, as minItems was
+                raise self.error(f"quantifier {{{m.group(0)} above {MAX_REPETITION_THRESHOLD}, the grammar's "
+                                 f"repetition limit")
             out = _repeat(atom, lo, hi)
         if self.i < len(p) and p[self.i] in "?+":  # lazy / possessive: same language
             self.i += 1

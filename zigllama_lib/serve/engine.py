@@ -66,11 +66,14 @@ def token_logprob_entry(tokenizer, logits, token: int, n_top: int) -> dict:
 
 
 def error_event(e: Exception) -> dict:
-    """The event that ends a job with ``e``; a grammar that admits no token is the request's own doing
-    (a 400, code ``grammar_dead_end``), anything else a 500."""
+    """The event that ends a job with ``e``; a grammar that admits no token (code ``grammar_dead_end``)
+    or that is too ambiguous to follow (``grammar_too_ambiguous``) is the request's own doing, a 400;
+    anything else a 500."""
     from ..inference.grammar import GrammarError
 
     if isinstance(e, GrammarError):
+        if "too ambiguous" in str(e):
+            return {"error": str(e), "status": 400, "code": "grammar_too_ambiguous"}
         return {"error": f"the grammar admits no token here: {e}", "status": 400, "code": "grammar_dead_end"}
     return {"error": f"{type(e).__name__}: {e}"}
 
