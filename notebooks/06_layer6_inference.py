@@ -28,7 +28,9 @@
 # 2. say why the KV cache turns quadratic work into linear work, count the
 #    FLOPs, and measure it;
 # 3. write temperature, top-k, top-p (nucleus) and min-p by hand and check them
-#    against the library's filters;
+#    against the library's filters, and read what the rest of llama.cpp's chain
+#    (penalties, DRY, typical, top-n-sigma, XTC, dynamic temperature, Mirostat)
+#    does to a real next-token choice;
 # 4. check that a seeded sampler is reproducible and draws from the
 #    distribution it claims;
 # 5. stream UTF-8 text from tokens without ever splitting a character;
@@ -433,11 +435,163 @@ plt.show()
 sampling_view(z, tok, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
 
 # %% [markdown]
+# ## 3b. The rest of llama.cpp's chain
+#
+# llama.cpp runs more stages than those four. In its default order, each
+# skipped when set to its "off" value (in brackets):
+#
+# ```text
+# penalties -> DRY -> top-n-sigma -> top-k -> typical -> top-p -> min-p -> XTC -> temperature (dynamic) -> draw
+# ```
+#
+# and with Mirostat on, only `temperature -> Mirostat`. With $c_i$ the count
+# of token $i$ in the last $n$ tokens of the context and
+# $p_i = \mathrm{softmax}(z)_i$ over the tokens still in play:
+#
+# * **repetition / frequency / presence penalties** (repeat $r = 1$, $\alpha_f = \alpha_p = 0$):
+#   for every $i$ with $c_i > 0$, $z_i \leftarrow z_i / r$ if $z_i > 0$ else
+#   $z_i \, r$, then $z_i \leftarrow z_i - c_i \alpha_f - \alpha_p$
+#   (Keskar et al. 2019; OpenAI's API).
+# * **DRY**, "don't repeat yourself" (multiplier $m = 0$): if the context
+#   ends with a sequence of $L \ge L_\text{allowed}$ tokens that earlier
+#   was followed by token $i$, then $z_i \leftarrow z_i - m \, b^{\,L - L_\text{allowed}}$;
+#   sequence breakers (newline, `:`, `"`, `*`) cut the matches short.
+# * **top-n-sigma** ($n \le 0$): keep $z_i \ge z_{\max} - n\,\sigma(z)$, with
+#   $\sigma$ the standard deviation of the logits (Tang et al. 2024).
+# * **locally typical** ($\tau = 1$): with the entropy
+#   $H = -\sum_j p_j \ln p_j$, keep the tokens whose surprise $-\ln p_i$ is
+#   closest to $H$, fewest first, until their mass exceeds $\tau$
+#   (Meister et al. 2022).
+# * **XTC**, exclude top choices (probability $0$): with probability $P$, if
+#   at least two tokens have $p_i \ge$ threshold, remove all of them but the
+#   least likely one: the obvious continuations go, one good one stays.
+# * **dynamic temperature** (range $\delta = 0$): $T' = T_{\min} + (T_{\max} - T_{\min})\,(H / \ln N)^{\kappa}$
+#   with $[T_{\min}, T_{\max}] = [T - \delta, T + \delta]$: a flat distribution
+#   gets the hot end, a sure one the cold end.
+# * **Mirostat 2.0** (off): keep the tokens of surprise $-\log_2 p_i \le \mu$,
+#   draw, then steer $\mu \leftarrow \mu - \eta\,(s - \tau)$ with $s$ the drawn
+#   token's surprise, so the text's average surprise settles at $\tau$ bits
+#   (Basu et al. 2021; Mirostat 1.0 instead estimates the Zipf exponent and
+#   picks a top-k). The tests check every stage against llama.cpp's own
+#   sampler on the same logits, to the draw.
+#
+# Two of them by hand, on the story's logits, against the library's stages.
+# Penalties need a context; take a prompt that repeats itself:
+
+# %%
+from zigllama_lib.inference.sampler_chain import Penalties, top_n_sigma_filter
+
+echo = "The cat sat on the mat. The dog sat on the log. The cat sat on the"
+echo_ids = tok.encode(echo, add_special=True)
+z_echo = model.logits(echo_ids)[-1]                          # (n_vocab,) float32
+
+
+def naive_penalties(z, context, r, freq, pres):
+    z = z.astype(np.float64).copy()
+    for i, c_i in zip(*np.unique(context, return_counts=True)):
+        z[i] = z[i] / r if z[i] > 0 else z[i] * r
+        z[i] -= c_i * freq + pres
+    return z
+
+
+def naive_top_n_sigma(z, n):
+    return z >= z.max() - n * z.astype(np.float64).std()
+
+
+penalties = Penalties(last_n=64, repeat=1.3, frequency=0.2, presence=0.4)
+for t in echo_ids:
+    penalties.accept(t)
+z_pen = penalties(Candidates.from_logits(z_echo)).logits
+np.testing.assert_allclose(z_pen, naive_penalties(z_echo, echo_ids, 1.3, 0.2, 0.4), rtol=1e-6, atol=1e-5)
+kept_sigma = np.sort(top_n_sigma_filter(Candidates.from_logits(z), 2.0).ids)
+assert np.array_equal(kept_sigma, np.flatnonzero(naive_top_n_sigma(z, 2.0)))
+print(f"penalties agree on all {len(z_echo)} logits; top-n-sigma 2 keeps {len(kept_sigma)} tokens, as by hand")
+
+# %% [markdown]
+# What each stage does to the same next-token choice: after the echo prompt
+# the model wants " cat" or " mat" again. One row per setting, the three
+# tokens it is most likely to draw, with their final probabilities $q$:
+
+# %%
+from zigllama_lib.viz.sampling import sampling_table
+
+stage_settings = {
+    "default (top-k 40, top-p 0.95, min-p 0.05, T 0.8)": {},
+    "repeat penalty 1.5": {"repeat_penalty": 1.5},
+    "presence penalty 1.5": {"presence_penalty": 1.5},
+    "DRY multiplier 0.8": {"dry_multiplier": 0.8},
+    "typical-p 0.5": {"typical_p": 0.5},
+    "top-n-sigma 1 (alone)": {"top_n_sigma": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0},
+    "XTC p=1, threshold 0.05": {"xtc_probability": 1.0, "xtc_threshold": 0.05},
+    "dynamic T, range 0.5": {"dynatemp_range": 0.5},
+    "Mirostat 2 (tau 5)": {"mirostat": 2},
+}
+for label, extra in stage_settings.items():
+    t = sampling_table(z_echo, history=echo_ids, tokenizer=tok, **extra)
+    best = np.argsort(-t.q, kind="stable")[:3]
+    shown = ", ".join(f"{tok.decode([int(i)])!r} {t.q[i]:.0%}" for i in best)
+    print(f"{label:50s} keeps {t.n_kept:3d}: {shown}")
+
+# %% [markdown]
+# The penalties push every token of the context down, so " cat" and " mat"
+# give way to " bed"; DRY removes only " mat", the one token that would
+# continue a repeat of "The cat sat on the", and leaves " cat" alone; XTC
+# throws out every likely choice but one; Mirostat at its starting
+# $\mu = 2\tau$ keeps every token of surprise under 10 bits.
+#
+# **Mirostat's feedback loop.** Generating 100 tokens with Mirostat 2.0 at
+# $\tau = 3$ bits (temperature 1.5 before it, so the model alone would be more
+# surprising than that): the surprise of each drawn token jumps about, and its
+# running mean settles near $\tau$ as $\mu$ adapts:
+
+# %%
+miro = Sampler(SamplerConfig(mirostat=2, mirostat_tau=3.0, mirostat_eta=0.1, temperature=1.5, seed=11))
+miro_cache = model.decoder.new_cache(256, numerics)
+logits = model.decoder.forward(tok.encode("Once upon a time, in a small village,", add_special=True),
+                               miro_cache, numerics)[-1]
+mus = []
+for _ in range(100):
+    token = miro(logits)
+    mus.append(miro.mirostat.mu)
+    logits = model.decoder.forward([token], miro_cache, numerics)[-1]
+surprise = np.array(miro.mirostat.surprises)                     # (100,) bits of each drawn token
+running = np.cumsum(surprise) / np.arange(1, len(surprise) + 1)
+late_mean = float(surprise[40:].mean())
+print(f"mean surprise of tokens 40-100: {late_mean:.2f} bits (tau = 3)")
+assert abs(late_mean - 3.0) < 0.5
+
+fig, ax = plt.subplots(figsize=(7, 2.8))
+ax.plot(surprise, ".", color="#999999", label="surprise of each drawn token")
+ax.plot(running, color="tab:blue", label="running mean")
+ax.plot(mus, color="tab:orange", label="mu (the cut-off)")
+ax.axhline(3.0, color="black", linestyle="--", linewidth=1, label="tau = 3")
+ax.set_xlabel("generated token")
+ax.set_ylabel("bits")
+ax.set_ylim(0, 12)
+ax.legend(fontsize=7, ncol=2)
+ax.set_title("Mirostat 2.0 steers the average surprise to tau", fontsize=9)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **The playground.** Every stage under its own control, on the echo
+# prompt's real logits (the penalties and DRY look back over its tokens).
+# The tabs group the stages; every control starts at llama.cpp's default,
+# which for all but the first four is "off". Turn on DRY and watch " mat"
+# go grey; raise the repeat penalty and watch the whole context sink:
+
+# %%
+from zigllama_lib.viz.sampling import sampler_playground
+
+sampler_playground(z_echo, tok, history=echo_ids)
+
+# %% [markdown]
 # ## 4. Seeded sampling, and does it draw what it claims?
 #
-# A sampler owns a random generator (`np.random.default_rng(seed)`). The same
-# seed, the same prompt and the same numerics give the same text; another seed
-# gives another text.
+# A sampler owns a random generator: C++'s `std::mt19937` seeded with the
+# seed, as llama.cpp's is, so a seeded draw here picks the token llama.cpp
+# picks on the same logits. The same seed, the same prompt and the same
+# numerics give the same text; another seed gives another text.
 
 # %%
 def sampled(seed):
@@ -819,8 +973,9 @@ else:
 #   not quadratic, in its length.
 # - Sampling reshapes the distribution and draws from it: top-k keeps a count,
 #   top-p a mass, min-p a ratio to the best token; the temperature then
-#   reshapes the survivors. `Sampler.candidates` shows exactly what a draw
-#   will choose from.
+#   reshapes the survivors. Penalties and DRY look back at the context, XTC
+#   removes the obvious choices, Mirostat steers the average surprise.
+#   `Sampler.candidates` shows exactly what a draw will choose from.
 # - A seed makes sampling reproducible, and a chi-square test checks that the
 #   draws follow the claimed probabilities.
 # - `Utf8Stream` cuts a byte stream only between characters.

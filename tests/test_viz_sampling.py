@@ -261,3 +261,66 @@ def test_view_has_four_sliders_and_redraws(story_logits, smollm, monkeypatch):
     sliders[0].value = 0.0
     assert len(calls) == 3 and calls[-1]["temperature"] == 0.0
     plt.close("all")
+
+
+# ----------------------------------------------------------------- the whole chain: penalties, playground
+
+
+def test_penalty_in_the_table_by_hand():
+    """Token 0 (p = 0.4, z = ln 0.4 < 0) seen once with repeat penalty 2: z_0 -> 2 ln 0.4, so its weight
+    becomes 0.4^2 = 0.16 against the others' unchanged 0.6: q_0 = 0.16 / 0.76."""
+    t = sampling_table(Z7, **off(), history=[0], repeat_penalty=2.0)
+    assert t.q[0] == pytest.approx(0.16 / 0.76, rel=1e-5)
+    assert t.q[1] == pytest.approx(0.25 / 0.76, rel=1e-5)
+    assert t.p[0] == pytest.approx(0.4, rel=1e-6)  # p stays the model's own
+
+
+def test_presence_and_xtc_in_the_table_by_hand():
+    # presence 1 on token 0: its weight 0.4 e^-1; the rest keep theirs
+    t = sampling_table(Z7, **off(), history=[0, 0], presence_penalty=1.0)
+    w0 = 0.4 * np.exp(-1.0)
+    assert t.q[0] == pytest.approx(w0 / (w0 + 0.6), rel=1e-5)
+    # XTC always on, threshold 0.12: tokens 0, 1, 2 are above it; all but the least likely (2) go
+    t = sampling_table(Z7, **off(), xtc_probability=1.0, xtc_threshold=0.12)
+    assert np.flatnonzero(t.kept).tolist() == [2, 3, 4, 5, 6]
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(ConfigError, match="unknown sampler settings"):
+        sampling_table(Z7, repetition_penalty=1.1)
+    with pytest.raises(ConfigError, match="dry_multiplier"):
+        sampling_table(Z7, dry_multiplier=-1.0)
+
+
+def test_playground_has_a_tab_per_stage_and_redraws(story_logits, smollm, monkeypatch):
+    widgets = pytest.importorskip("ipywidgets")
+    import zigllama_lib.viz.sampling as viz_sampling
+    from zigllama_lib.inference.sampling import SamplerConfig
+
+    calls = []
+    real_plot = viz_sampling.plot_sampling
+
+    def recording_plot(*args, **kwargs):
+        calls.append(kwargs)
+        return real_plot(*args, **kwargs)
+
+    monkeypatch.setattr(viz_sampling, "plot_sampling", recording_plot)
+    history = smollm.tokenizer.encode("Once upon a time, there was a", add_special=True)
+    view = viz_sampling.sampler_playground(story_logits, smollm.tokenizer, history=history, n_show=8)
+    tabs = view.children[1]
+    assert isinstance(tabs, widgets.Tab)
+    assert list(tabs.titles) == ["truncation", "penalties", "DRY", "XTC", "dynamic T", "Mirostat"]
+    controls = [w for page in tabs.children for w in page.children]
+    assert len(controls) == len(viz_sampling.PLAYGROUND_CONTROLS)
+    defaults = SamplerConfig(seed=0)
+    first = calls[0]
+    assert first["history"] == tuple(history) and first["n_show"] == 8
+    for _group, name, *_rest in viz_sampling.PLAYGROUND_CONTROLS:
+        assert first[name] == getattr(defaults, name), name  # every control starts at llama.cpp's default
+    dry = next(w for w in controls if w.description.startswith("DRY multiplier"))
+    dry.value = 0.8
+    assert len(calls) == 2 and calls[-1]["dry_multiplier"] == 0.8
+    mirostat = next(w for w in controls if isinstance(w, widgets.ToggleButtons))
+    mirostat.value = 2
+    assert calls[-1]["mirostat"] == 2 and calls[-1]["dry_multiplier"] == 0.8
+    plt.close("all")

@@ -16,7 +16,8 @@ def require(module: str) -> Any:
         ) from exc
 
 
-def figure_view(plot: Callable[..., Any], controls: dict[str, Any], title: str | None = None):
+def figure_view(plot: Callable[..., Any], controls: dict[str, Any], title: str | None = None,
+                sections: dict[str, list[str]] | None = None):
     """An ipywidgets view: ``controls`` (name -> widget) above the figure ``plot(**values)``.
 
     ``plot`` is the module's static ``plot_*`` function with everything but the
@@ -24,7 +25,8 @@ def figure_view(plot: Callable[..., Any], controls: dict[str, Any], title: str |
     change of a control redraws the figure into an ``Output`` widget (the old
     figure is closed, so a slider drag does not pile up figures in memory).
     The first figure is drawn before returning, so a notebook saved with its
-    widget state (the book) shows it without a kernel.
+    widget state (the book) shows it without a kernel. ``sections`` (tab title
+    -> control names) lays the controls out in tabs instead of one wrapped row.
     """
     widgets = require("ipywidgets")
     plt = require("matplotlib.pyplot")
@@ -43,8 +45,14 @@ def figure_view(plot: Callable[..., Any], controls: dict[str, Any], title: str |
     for w in controls.values():
         w.observe(redraw, names="value")
     redraw()
-    children = ([widgets.HTML(f"<b>{title}</b>")] if title else []) + [
-        widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap")),
-        out,
-    ]
+    def row(names):
+        return widgets.HBox([controls[n] for n in names], layout=widgets.Layout(flex_flow="row wrap"))
+
+    if sections:
+        panel = widgets.Tab(children=[row(names) for names in sections.values()])
+        for i, name in enumerate(sections):
+            panel.set_title(i, name)
+    else:
+        panel = row(list(controls))
+    children = ([widgets.HTML(f"<b>{title}</b>")] if title else []) + [panel, out]
     return widgets.VBox(children)

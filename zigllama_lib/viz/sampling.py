@@ -15,7 +15,10 @@ so the filters never see the temperature: ``T`` changes ``q``, not the kept set
 * :func:`plot_sampling`: bars of ``p`` for the most likely tokens, coloured
   kept / removed, with ``q`` marked on the kept ones; the kept count and the
   kept mass ``sum_{i kept} p_i`` in the title;
-* :func:`sampling_view`: the same figure under four sliders.
+* :func:`sampling_view`: the same figure under four sliders;
+* :func:`sampler_playground`: the same figure under a control for every stage
+  of llama.cpp's chain (penalties, DRY, typical, top-n-sigma, XTC, dynamic
+  temperature, Mirostat), given the context's token ids.
 """
 
 from __future__ import annotations
@@ -59,16 +62,29 @@ class SamplingTable:
 
 
 def sampling_table(logits, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
-                   min_p: float = 0.05) -> SamplingTable:
+                   min_p: float = 0.05, history=(), tokenizer=None, **settings) -> SamplingTable:
     """The kept set and final probabilities of the library's sampler for ``logits`` (n_vocab,).
 
-    Settings are :class:`SamplerConfig`'s (validated there, ``ConfigError`` if
-    out of range); the kept set and ``q`` are ``Sampler.candidates(logits)``.
+    Settings are :class:`SamplerConfig`'s: the four named here and any other
+    field as a keyword (``repeat_penalty``, ``dry_multiplier``, ``typical_p``,
+    ``top_n_sigma``, ``xtc_probability``, ``dynatemp_range``, ``mirostat``, ...;
+    validated there, ``ConfigError`` if out of range). ``history`` is the token
+    ids already in the context, which the penalties and DRY look back over
+    (``tokenizer`` maps DRY's sequence breakers to tokens). The kept set and
+    ``q`` are ``Sampler.candidates(logits)``; ``p`` is always the model's own
+    ``softmax(z)``, before any penalty.
     """
     z = np.asarray(logits)
     full = softmax(Candidates.from_logits(z))  # validates z: 1-D, finite maximum, no NaN
-    config = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=0)
-    chosen = Sampler(config).candidates(z)
+    unknown = sorted(set(settings) - set(SamplerConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"unknown sampler settings {unknown}; SamplerConfig's fields are "
+                          f"{sorted(SamplerConfig.__dataclass_fields__)}")
+    config = SamplerConfig(**{"seed": 0, **settings, "temperature": temperature, "top_k": top_k,
+                              "top_p": top_p, "min_p": min_p})
+    sampler = Sampler(config, tokenizer if config.dry_multiplier else None, n_ctx=max(len(history), 1))
+    sampler.accept_prompt(history)
+    chosen = sampler.candidates(z)
     kept = np.zeros(len(z), dtype=bool)
     kept[chosen.ids] = True
     q = np.zeros(len(z))
@@ -77,27 +93,31 @@ def sampling_table(logits, temperature: float = 0.8, top_k: int = 40, top_p: flo
     return SamplingTable(order, full.probs, kept, q)
 
 
-def _setting_text(temperature, top_k, top_p, min_p) -> str:
+def _setting_text(temperature, top_k, top_p, min_p, **settings) -> str:
     parts = [f"T={temperature:g}" + (" (greedy)" if temperature <= 0 else ""),
              f"top-k={top_k}" if top_k > 0 else "top-k off",
              f"top-p={top_p:g}" if top_p < 1 else "top-p off",
              f"min-p={min_p:g}" if min_p > 0 else "min-p off"]
+    defaults = SamplerConfig()
+    parts += [f"{name}={value:g}" for name, value in settings.items()
+              if name != "seed" and isinstance(value, (int, float)) and value != getattr(defaults, name)]
     return ", ".join(parts)
 
 
 def plot_sampling(logits, tokenizer, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
-                  min_p: float = 0.05, n_show: int = 20):
+                  min_p: float = 0.05, n_show: int = 20, history=(), **settings):
     """Figure: the ``n_show`` most likely next tokens, kept (blue) or removed (grey) by the filters.
 
     Bar heights are the model's probabilities ``p_i``; a black tick on a kept
     bar is ``q_i``, the probability the sampler finally draws it with (after
     the filters and the temperature, renormalised). The title gives the kept
-    count and the kept mass ``sum_{i kept} p_i``.
+    count and the kept mass ``sum_{i kept} p_i``. ``history`` and ``settings``
+    are :func:`sampling_table`'s (penalties, DRY, typical, XTC, Mirostat, ...).
     """
     plt = require("matplotlib.pyplot")
     if not isinstance(n_show, int) or n_show < 1:
         raise ConfigError(f"n_show must be a positive integer, got {n_show!r}")
-    t = sampling_table(logits, temperature, top_k, top_p, min_p)
+    t = sampling_table(logits, temperature, top_k, top_p, min_p, history=history, tokenizer=tokenizer, **settings)
     shown = t.order[:n_show]                              # (n_show,) token ids
     x = np.arange(len(shown))
     kept = t.kept[shown]
@@ -118,7 +138,7 @@ def plot_sampling(logits, tokenizer, temperature: float = 0.8, top_k: int = 40, 
     hidden = t.n_kept - int(kept.sum())
     more = f" ({hidden} beyond the {len(shown)} shown)" if hidden else ""
     ax.set_title(f"kept {t.n_kept} tokens{more}, {t.kept_mass:.1%} of p\n"
-                 f"{_setting_text(temperature, top_k, top_p, min_p)}", fontsize=9)
+                 f"{_setting_text(temperature, top_k, top_p, min_p, **settings)}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -146,4 +166,64 @@ def sampling_view(logits, tokenizer, temperature: float = 0.8, top_k: int = 40, 
                        title="Which next tokens the sampler keeps")
 
 
-__all__ = ["SamplingTable", "plot_sampling", "sampling_table", "sampling_view"]
+# (group, SamplerConfig field, slider kind, min, max, step, label); llama.cpp's default is the start value
+PLAYGROUND_CONTROLS = (
+    ("truncation", "temperature", "float", 0.0, 2.0, 0.05, "temperature T"),
+    ("truncation", "top_k", "int", 0, 100, 1, "top-k (0 = off)"),
+    ("truncation", "top_p", "float", 0.05, 1.0, 0.01, "top-p (1 = off)"),
+    ("truncation", "min_p", "float", 0.0, 0.5, 0.01, "min-p (0 = off)"),
+    ("truncation", "typical_p", "float", 0.05, 1.0, 0.01, "typical-p (1 = off)"),
+    ("truncation", "top_n_sigma", "float", -1.0, 5.0, 0.1, "top-n-sigma (<= 0 off)"),
+    ("penalties", "repeat_penalty", "float", 0.5, 2.0, 0.05, "repeat (1 = off)"),
+    ("penalties", "frequency_penalty", "float", -2.0, 2.0, 0.05, "frequency (0 = off)"),
+    ("penalties", "presence_penalty", "float", -2.0, 2.0, 0.05, "presence (0 = off)"),
+    ("penalties", "penalty_last_n", "int", 0, 256, 1, "last n tokens"),
+    ("DRY", "dry_multiplier", "float", 0.0, 2.0, 0.05, "DRY multiplier (0 = off)"),
+    ("DRY", "dry_base", "float", 1.0, 3.0, 0.05, "DRY base"),
+    ("DRY", "dry_allowed_length", "int", 1, 8, 1, "DRY allowed length"),
+    ("DRY", "dry_penalty_last_n", "int", 0, 256, 1, "DRY last n"),
+    ("XTC", "xtc_probability", "float", 0.0, 1.0, 0.05, "XTC probability (0 = off)"),
+    ("XTC", "xtc_threshold", "float", 0.0, 0.5, 0.01, "XTC threshold"),
+    ("XTC", "seed", "int", 0, 20, 1, "seed (XTC's coin)"),
+    ("dynamic T", "dynatemp_range", "float", 0.0, 1.5, 0.05, "dynatemp range (0 = off)"),
+    ("dynamic T", "dynatemp_exponent", "float", 0.1, 3.0, 0.1, "dynatemp exponent"),
+    ("Mirostat", "mirostat", "choice", 0, 2, 1, "Mirostat (0 = off)"),
+    ("Mirostat", "mirostat_tau", "float", 0.5, 10.0, 0.25, "tau (target surprise, bits)"),
+    ("Mirostat", "mirostat_eta", "float", 0.01, 1.0, 0.01, "eta (learning rate)"),
+)
+
+
+def sampler_playground(logits, tokenizer, history=(), n_show: int = 20, **start):
+    """Widget: :func:`plot_sampling` under a control for every stage of llama.cpp's chain.
+
+    One tab per group (truncation filters, penalties, DRY, XTC, dynamic
+    temperature, Mirostat); every control starts at llama.cpp's default (or
+    ``start[name]``), which is the stage's "off" value except for the default
+    top-k 40 / top-p 0.95 / min-p 0.05 / T 0.8. ``history`` is the context the
+    penalties and DRY look back over (the prompt's token ids).
+    """
+    widgets = require("ipywidgets")
+    defaults = SamplerConfig(seed=0)
+    unknown = sorted(set(start) - {c[1] for c in PLAYGROUND_CONTROLS})
+    if unknown:
+        raise ConfigError(f"no playground control for {unknown}")
+    style = {"description_width": "initial"}
+    common = dict(continuous_update=False, style=style, layout=widgets.Layout(width="48%"))
+    controls, sections = {}, {}
+    for group, name, kind, lo, hi, step, label in PLAYGROUND_CONTROLS:
+        value = start.get(name, getattr(defaults, name))
+        if kind == "choice":
+            w = widgets.ToggleButtons(options=[("off", 0), ("v1", 1), ("v2", 2)], value=value,
+                                      description=label, style=style)
+        elif kind == "int":
+            w = widgets.IntSlider(value=value, min=lo, max=hi, step=step, description=label, **common)
+        else:
+            w = widgets.FloatSlider(value=value, min=lo, max=hi, step=step, description=label, **common)
+        controls[name] = w
+        sections.setdefault(group, []).append(name)
+    return figure_view(partial(plot_sampling, logits, tokenizer, n_show=n_show, history=tuple(history)), controls,
+                       title="The whole sampler chain on real logits", sections=sections)
+
+
+__all__ = ["PLAYGROUND_CONTROLS", "SamplingTable", "plot_sampling", "sampler_playground", "sampling_table",
+           "sampling_view"]
