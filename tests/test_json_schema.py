@@ -83,10 +83,15 @@ def test_integer_ranges_are_exact():
     ("[a-z]+\\d{2}", ["ab12"], ["ab1", "12"]),
     ("(?:ab|c)*x?", ["", "abcx", "cc"], ["b", "xx"]),
     ("\\w+@[^@ ]+\\.com", ["a_1@b.com"], ["@b.com", "a@b c.com"]),
+    ("\\[a\\]", ["[a]"], ["a", "[a"]),                      # escaped brackets are literals (found by fuzzing)
+    ("[\\[\\]x]+\\[", ["[x][", "]]["], ["x", "y["]),
 ])
 def test_regex_to_grammar(pattern, yes, no):
+    import re
+
     g = Grammar.parse(regex_to_grammar(pattern))
-    assert all(g.matches(s) for s in yes) and not any(g.matches(s) for s in no)
+    assert all(g.matches(s) and re.fullmatch(pattern, s) for s in yes)
+    assert not any(g.matches(s) or re.fullmatch(pattern, s) for s in no)
 
 
 def test_json_object_grammar():

@@ -307,7 +307,7 @@ class _Regex:
             return self.dot
         if c == "\\":
             e = self.escape()
-            return e if e.startswith("[") else _literal(e)
+            return e if len(e) > 1 else _literal(e)  # a class [...] or one escaped char (\[ is "[")
         if c in "*+?{":
             raise self.error(f"nothing to repeat before {c!r}")
         if c in "^$":
@@ -316,7 +316,8 @@ class _Regex:
         return _literal(c)
 
     def escape(self) -> str:
-        """After a backslash: a class ``[...]`` for \\d \\w \\s (\\D ...), else the escaped char."""
+        """After a backslash: a class ``[...]`` for \\d \\w \\s (\\D ...), else the escaped char
+        (one character, so ``len > 1`` tells a class)."""
         p = self.p
         if self.i + 1 >= len(p):
             raise self.error("trailing backslash")
@@ -356,7 +357,7 @@ class _Regex:
             first = False
             if c == "\\":
                 e = self.escape()
-                if e.startswith("["):
+                if len(e) > 1:  # a class escape such as \d (a lone "[" is the escaped \[, found by fuzzing)
                     if e[1] == "^":
                         raise self.error("negated class escapes inside [...] are not supported")
                     body.append(e[1:-1])
@@ -369,7 +370,7 @@ class _Regex:
                 self.i += 1
                 if p[self.i] == "\\":
                     hi = self.escape()
-                    if hi.startswith("["):
+                    if len(hi) > 1:
                         raise self.error("a class escape cannot end a range")
                 else:
                     hi = p[self.i]
