@@ -62,7 +62,10 @@ print(model)
 # A GGUF file says which network it holds: `general.architecture` names the
 # family (`llama` here), and keys prefixed with that name give the sizes. No
 # size is written in the library's code; the same decoder runs any model of a
-# supported family. The keys llama.cpp defines for a llama-family model:
+# supported family. Families differ in data too: with a sliding window
+# (`{arch}.attention.sliding_window`), Mistral windows every layer, Gemma 3
+# five layers of six (every sixth is global). The keys llama.cpp defines for a
+# llama-family model:
 
 # %%
 arch = md["general.architecture"]

@@ -24,7 +24,8 @@ class FamilyTraits:
     embed_scale: bool = False  # multiply embeddings by sqrt(d_model) (Gemma)
     qk_norm: bool = False  # RMSNorm on each query/key head (Gemma 3, Qwen 3)
     post_norms: bool = False  # RMSNorm after attention and after the FFN, before the residual add (Gemma 2/3)
-    sliding_window_pattern: int = 0  # every N-th layer is global, the rest use the sliding window (Gemma 3: 6)
+    sliding_window_pattern: int = 0  # every N-th layer is global, the rest use the sliding window (Gemma 3: 6);
+    # 0 with a window (Mistral): every layer uses it
     swa_rope_base: float | None = None  # RoPE base of sliding-window layers (Gemma 3: 10000)
     scale_q: bool = False  # llama.cpp scales Q by the attention scale after RoPE, softmax scale 1 (Gemma 3)
     attn_bias: bool = False  # Q/K/V projections carry biases (Qwen 2)
@@ -68,9 +69,14 @@ class ArchSpec:
         return self.n_head // self.n_kv_head
 
     def is_sliding(self, layer: int) -> bool:
-        """Whether ``layer`` attends through the sliding window (Gemma 3: all but every 6th)."""
+        """Whether ``layer`` attends through the sliding window: none without a window; with one,
+        every layer but each ``sliding_window_pattern``-th (Gemma 3: five of six), or every layer
+        when the family has no pattern (Mistral v0.1, as transformers' ``MistralForCausalLM``).
+        The window of ``W`` positions: the query at ``i`` sees keys ``i - W < j <= i``."""
+        if not self.sliding_window:
+            return False
         p = self.traits.sliding_window_pattern
-        return bool(p and self.sliding_window and (layer + 1) % p != 0)
+        return not p or (layer + 1) % p != 0
 
     def rope_base_for(self, layer: int) -> float:
         if self.is_sliding(layer) and self.traits.swa_rope_base:
