@@ -39,6 +39,60 @@ def test_generate_with_sampling_flags(smollm_path):
     assert a.stdout == b.stdout and a.stdout.strip()
 
 
+def test_generate_takes_llama_cpp_sampler_flags(smollm_path, smollm):
+    """llama-cli's flag names reach the sampler: the printed text is model.generate's with the same
+    SamplerConfig fields (and differs from the text without them)."""
+    prompt = "The cat sat on the mat. The cat sat on the"
+    flags = {"--repeat-penalty": ("repeat_penalty", 1.5), "--presence-penalty": ("presence_penalty", 0.5),
+             "--dry-multiplier": ("dry_multiplier", 0.8), "--typical": ("typical_p", 0.9),
+             "--mirostat": ("mirostat", 2), "--mirostat-ent": ("mirostat_tau", 4.0)}
+    argv = ["generate", prompt, "--model", str(smollm_path), "-n", "10", "--temperature", "0.7", "--seed", "5"]
+    for flag, (_name, value) in flags.items():
+        argv += [flag, str(value)]
+    out = zigllama(*argv)
+    assert out.returncode == 0, out.stderr
+    options = {name: value for name, value in flags.values()}
+    expected = "".join(smollm.generate(prompt, max_tokens=10, temperature=0.7, seed=5, **options))
+    assert out.stdout == expected + "\n"
+    assert out.stdout != "".join(smollm.generate(prompt, max_tokens=10, temperature=0.7, seed=5)) + "\n"
+
+
+def test_generate_with_a_json_schema_validates_and_bad_flags_are_clear(smollm_path):
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    out = zigllama("generate", "A number as JSON:", "--model", str(smollm_path), "-n", "12",
+                   "--json-schema", json.dumps(schema))
+    assert out.returncode == 0, out.stderr
+    jsonschema.validate(json.loads(out.stdout), schema)  # whitespace after the object is allowed
+    bad = zigllama("generate", "x", "--model", str(smollm_path), "--mirostat", "5")
+    assert bad.returncode == 2 and "mirostat must be 0 (off), 1 or 2" in bad.stderr and "Traceback" not in bad.stderr
+    bad = zigllama("generate", "x", "--model", str(smollm_path), "--grammar", 'root ::= "a')
+    assert bad.returncode == 2 and "line 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_generate_strategies_reduce_to_greedy_at_their_neutral_settings(smollm_path, smollm):
+    """Contrastive search with alpha 0 is greedy search; guidance with gamma 1 follows the prompt alone
+    (log p_cfg = log p(x | prompt)), so greedy it is greedy too. Other settings change the text."""
+    prompt = "The best thing about Paris is"
+    greedy = "".join(smollm.generate(prompt, max_tokens=12, temperature=0)) + "\n"
+    base = ["generate", prompt, "--model", str(smollm_path), "-n", "12"]
+    out = zigllama(*base, "--penalty-alpha", "0", "--top-k", "4")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == greedy
+    out = zigllama(*base, "--cfg-negative-prompt", "The worst thing", "--cfg-scale", "1", "--temperature", "0")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == greedy
+    assert zigllama(*base, "--penalty-alpha", "0.6", "--top-k", "4").stdout != greedy
+    assert zigllama(*base, "--cfg-negative-prompt", "The worst thing", "--cfg-scale", "3",
+                    "--temperature", "0").stdout != greedy
+    bad = zigllama(*base, "--penalty-alpha", "0.5", "--cfg-negative-prompt", "x")
+    assert bad.returncode == 2 and "choose one strategy" in bad.stderr
+
+
 def test_pull_prints_the_cached_path(smollm_path):
     out = zigllama("pull", "smollm2-135m-instruct")
     assert out.returncode == 0 and out.stdout.strip() == str(smollm_path)

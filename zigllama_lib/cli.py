@@ -17,7 +17,7 @@ import json
 import shlex
 import sys
 
-from .foundation.errors import ZigLlamaError
+from .foundation.errors import ConfigError, ZigLlamaError
 from .models.registry import DEFAULT_MODEL, REGISTRY
 
 
@@ -28,12 +28,101 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-ctx", type=int, default=None, help="context window in tokens (default: min(train ctx, 2048))")
 
 
+# llama-cli's sampler flags -> SamplerConfig fields (llama.cpp's names, its defaults in SamplerConfig)
+SAMPLER_FLAGS = (
+    ("--repeat-penalty", "repeat_penalty", float, "penalise repeated tokens (1.0 = off)"),
+    ("--repeat-last-n", "penalty_last_n", int, "tokens the penalties look back over (0 = off, -1 = context)"),
+    ("--presence-penalty", "presence_penalty", float, "subtract from tokens already present (0.0 = off)"),
+    ("--frequency-penalty", "frequency_penalty", float, "subtract per occurrence (0.0 = off)"),
+    ("--dry-multiplier", "dry_multiplier", float, "DRY: penalise continuing a repeat (0.0 = off)"),
+    ("--dry-base", "dry_base", float, "DRY's exponential base"),
+    ("--dry-allowed-length", "dry_allowed_length", int, "DRY: repeats up to this length are free"),
+    ("--dry-penalty-last-n", "dry_penalty_last_n", int, "DRY's look-back (0 = off, -1 = context)"),
+    ("--typical", "typical_p", float, "locally typical sampling's mass (1.0 = off)"),
+    ("--top-n-sigma", "top_n_sigma", float, "keep logits within n standard deviations of the best (-1 = off)"),
+    ("--xtc-probability", "xtc_probability", float, "exclude-top-choices probability (0.0 = off)"),
+    ("--xtc-threshold", "xtc_threshold", float, "XTC's probability threshold"),
+    ("--dynatemp-range", "dynatemp_range", float, "dynamic temperature: temperature +- range (0.0 = off)"),
+    ("--dynatemp-exp", "dynatemp_exponent", float, "dynamic temperature's exponent"),
+    ("--mirostat", "mirostat", int, "0 off, 1 Mirostat, 2 Mirostat 2.0"),
+    ("--mirostat-ent", "mirostat_tau", float, "Mirostat's target surprise tau (bits)"),
+    ("--mirostat-lr", "mirostat_eta", float, "Mirostat's learning rate eta"),
+)
+
+
+def _add_sampler_args(p) -> None:
+    """The sampler flags of llama-cli (``SAMPLER_FLAGS``) and the grammar flags."""
+    s = p.add_argument_group("more samplers (llama.cpp's flags; default: off)")
+    for flag, dest, kind, text in SAMPLER_FLAGS:
+        s.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+    g = p.add_argument_group("constrained output (at most one)").add_mutually_exclusive_group()
+    g.add_argument("--grammar", default=None, help="GBNF text the output must follow")
+    g.add_argument("--grammar-file", default=None, help="a file of GBNF text")
+    g.add_argument("--json-schema", default=None, help="a JSON schema (text) the output must validate against")
+    t = p.add_argument_group("generation strategies (inference/strategies.py)")
+    t.add_argument("--penalty-alpha", type=float, default=None,
+                   help="contrastive search among the --top-k most likely tokens with this degeneration penalty")
+    t.add_argument("--cfg-negative-prompt", default=None,
+                   help="classifier-free guidance away from this prompt (sampled with the other flags)")
+    t.add_argument("--cfg-scale", type=float, default=1.5, help="guidance strength gamma (1 = the prompt alone)")
+
+
+def _sampler_options(args) -> dict:
+    return {dest: getattr(args, dest) for _flag, dest, _kind, _text in SAMPLER_FLAGS
+            if getattr(args, dest, None) is not None}
+
+
+def _grammar_text(args) -> str | None:
+    from .inference.json_schema import json_schema_to_gbnf
+
+    if args.grammar_file is not None:
+        try:
+            with open(args.grammar_file, encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise ConfigError(f"--grammar-file: cannot read {args.grammar_file!r}: {e.strerror}") from None
+    if args.json_schema is not None:
+        return json_schema_to_gbnf(args.json_schema)
+    return args.grammar
+
+
+def _strategy_pieces(model, args):
+    """Text pieces of contrastive search (``--penalty-alpha``) or classifier-free guidance
+    (``--cfg-negative-prompt`` / ``--cfg-scale``), from :mod:`.inference.strategies`."""
+    from .inference.generation import make_sampler
+    from .inference.strategies import cfg_steps, contrastive_search
+    from .inference.streaming import stream_text
+    from .models.decoder import numerics_named
+
+    if args.grammar or args.grammar_file or args.json_schema:
+        raise ConfigError("--penalty-alpha / --cfg-* do not combine with a grammar")
+    tok, numerics = model.tokenizer, numerics_named(args.numerics)
+    ids = tok.encode(args.prompt, add_special=True)
+    if args.penalty_alpha is not None:
+        if args.cfg_negative_prompt is not None:
+            raise ConfigError("choose one strategy: --penalty-alpha (contrastive search) or --cfg-negative-prompt")
+        steps = contrastive_search(model.decoder, ids, numerics, model.n_ctx, tok.is_eog, max_tokens=args.max_tokens,
+                                   k=args.top_k, alpha=args.penalty_alpha)
+    else:
+        sampler = make_sampler(args.temperature, args.top_k, args.top_p, args.min_p, args.seed, tokenizer=tok,
+                               n_ctx=model.n_ctx, **_sampler_options(args))
+        negative = tok.encode(args.cfg_negative_prompt, add_special=True)
+        steps = cfg_steps(model.decoder, ids, negative, sampler, numerics, model.n_ctx, tok.is_eog,
+                          gamma=args.cfg_scale, max_tokens=args.max_tokens)
+    return stream_text((s.token for s in steps), lambda t: tok.token_bytes(t, render_special=False))
+
+
 def _cmd_generate(args) -> int:
     from .inference.engine import load
 
     model = load(args.model, n_ctx=args.n_ctx, n_threads=args.threads, numerics=args.numerics)
-    for piece in model.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed):
+    if args.penalty_alpha is not None or args.cfg_negative_prompt is not None:
+        pieces = _strategy_pieces(model, args)
+    else:
+        pieces = model.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed,
+                                grammar=_grammar_text(args), **_sampler_options(args))
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -282,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--numerics", choices=["llama.cpp", "float"], default="llama.cpp")
     g.add_argument("--verbose", "-v", action="store_true", help="print timing to stderr")
+    _add_sampler_args(g)
     g.set_defaults(func=_cmd_generate)
 
     c = sub.add_parser("chat", help="talk to a model in the terminal, through its chat template (greedy by default)",
