@@ -586,6 +586,51 @@ from zigllama_lib.viz.sampling import sampler_playground
 sampler_playground(z_echo, tok, history=echo_ids)
 
 # %% [markdown]
+# ## 3c. Strategies that look further than one distribution
+#
+# Two strategies choose a token from more than the model's next-token
+# distribution (`zigllama_lib.inference.strategies`; on the command line
+# `zigllama generate --penalty-alpha A` and `--cfg-negative-prompt TEXT`):
+#
+# * **contrastive search** (Su et al. 2022) runs each of the $k$ most likely
+#   tokens $v$ one step further and scores
+#   $(1 - \alpha)\, p(v) - \alpha \max_{j} \cos(h_v, h_j)$, the model's
+#   confidence minus how much the new hidden state $h_v$ resembles one already
+#   in the text. The $k$ candidates are $k$ forks of the sequence in a paged
+#   cache, run as one batch.
+# * **classifier-free guidance** (Sanchez et al. 2023) runs the prompt and a
+#   negative prompt side by side and samples from
+#   $\log p(x \mid \text{neg}) + \gamma\,(\log p(x \mid \text{prompt}) - \log p(x \mid \text{neg}))$.
+#
+# Greedy search on a list-like prompt soon repeats itself; the share of
+# distinct 3-token windows in the output measures it:
+
+# %%
+from zigllama_lib.inference.strategies import cfg_steps, contrastive_search
+
+
+def distinct_trigrams(ids):
+    grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+    return len(set(grams)) / max(1, len(grams))
+
+
+list_prompt = tok.encode("My favourite fruits are apples, bananas,", add_special=True)
+greedy_ids = list(model.generate_ids(list_prompt, max_tokens=40, temperature=0))
+contrastive_ids = [s.token for s in contrastive_search(model.decoder, list_prompt, numerics, 256, tok.is_eog,
+                                                       max_tokens=40, k=4, alpha=0.6)]
+zero_alpha_ids = [s.token for s in contrastive_search(model.decoder, list_prompt, numerics, 256, tok.is_eog,
+                                                      max_tokens=40, k=4, alpha=0.0)]
+assert zero_alpha_ids == greedy_ids, "alpha = 0 is greedy search"
+for name, ids in (("greedy", greedy_ids), ("contrastive k=4 alpha=0.6", contrastive_ids)):
+    print(f"{name:26s} distinct 3-grams {distinct_trigrams(ids):4.0%}: {tok.decode(ids)!r}")
+
+guided = [s.token for s in cfg_steps(model.decoder, tok.encode("Write about the sea:", add_special=True),
+                                     tok.encode("Write about a city:", add_special=True),
+                                     Sampler(SamplerConfig(temperature=0)), numerics, 256, tok.is_eog,
+                                     gamma=3.0, max_tokens=24)]
+print(f"guided (gamma 3, away from 'a city'): {tok.decode(guided)!r}")
+
+# %% [markdown]
 # ## 4. Seeded sampling, and does it draw what it claims?
 #
 # A sampler owns a random generator: C++'s `std::mt19937` seeded with the
