@@ -10,7 +10,7 @@ import pytest
 
 from zigllama_lib.foundation.errors import ZigLlamaError
 from zigllama_lib.foundation.gguf import GGUFFile
-from zigllama_lib.inference.grammar import (MAX_PARSE_STACKS, Grammar, GrammarError, GrammarMatcher, TokenTrie,
+from zigllama_lib.inference.grammar import (MAX_PARSE_STACKS, MAX_STEP_EXPANSIONS, Grammar, GrammarError, GrammarMatcher, TokenTrie,
                                            decode_utf8)
 from zigllama_lib.models.tokenizer import Tokenizer
 
@@ -162,6 +162,18 @@ def test_an_ambiguous_grammar_is_refused_not_followed_forever():
     assert g.matches("ab")  # two characters: 124 stacks, still followed
     with pytest.raises(GrammarError, match=f"too ambiguous: more than {MAX_PARSE_STACKS} parse stacks"):
         g.matches('{"a": 1}')
+
+
+def test_nested_repetitions_are_refused_within_a_fraction_of_a_second():
+    """``.+++*{323}`` keeps a few hundred stacks but expands each of them hundreds of ways per character
+    (found by fuzzing: a second per character, growing); the per-step expansion budget stops it."""
+    import time
+
+    g = Grammar.parse("root ::=.+++*{323}")
+    t0 = time.perf_counter()
+    with pytest.raises(GrammarError, match=f"{MAX_STEP_EXPANSIONS} expansions for one character"):
+        g.matches('{"a": 1}')
+    assert time.perf_counter() - t0 < 30  # generous: the point is that it ends (about 0.2 s here)
 
 
 def test_stack_counts_of_llama_cpp_grammars_stay_far_below_the_cap():

@@ -72,6 +72,10 @@ MAX_REPETITION_THRESHOLD = 2000  # llama.cpp's cap on {m,n}
 # an ambiguous repetition such as ``root ::= "a" | root{2,7}`` multiplies them with every
 # character (found by fuzzing: over 10^5 after four characters). Past this a GrammarError.
 MAX_PARSE_STACKS = 4096
+# Stack expansions one step may make (every stack popped in _advance, cached results free): nested
+# repetitions such as ``.+++*{323}`` keep fewer stacks than the cap but expand hundreds per stack
+# per character (found by fuzzing: seconds per character). llama.cpp's json.gbnf needs < 100.
+MAX_STEP_EXPANSIONS = 100_000
 
 
 class GrammarError(ZigLlamaError):
@@ -87,9 +91,10 @@ def _is_word_char(c: str) -> bool:
 
 
 def _too_ambiguous() -> GrammarError:
-    return GrammarError(f"the grammar is too ambiguous: more than {MAX_PARSE_STACKS} parse stacks alive at once "
-                        f"(a repetition whose items can match the same text in many ways, such as (x?)* or "
-                        f"r{{2,7}} of a recursive r); rewrite it so each text has few parses")
+    return GrammarError(f"the grammar is too ambiguous: more than {MAX_PARSE_STACKS} parse stacks alive at once or "
+                        f"{MAX_STEP_EXPANSIONS} expansions for one character (a repetition whose items can match "
+                        f"the same text in many ways, such as (x?)*, (x+)+ or r{{2,7}} of a recursive r); rewrite it "
+                        f"so each text has few parses")
 
 
 class _Parser:
@@ -438,6 +443,7 @@ class Grammar:
         self._state_ids: dict[frozenset, int] = {frozenset(): 0}
         self._trans: list[dict[int, int]] = [{}]
         self._mask_cache: dict[tuple, np.ndarray] = {}
+        self._expansions = 0  # stack expansions of the step being computed (MAX_STEP_EXPANSIONS)
         self.start_state = self._intern(self._initial_stacks())
 
     @classmethod
@@ -505,6 +511,7 @@ class Grammar:
 
     def _initial_stacks(self) -> frozenset:
         out: set = set()
+        self._expansions = 0
         p = self.offsets[self.root_id]
         while True:
             self._advance((p,) if not self._is_end(p) else (), out)
@@ -527,7 +534,8 @@ class Grammar:
                 if st in seen:
                     continue
                 seen.add(st)
-                if len(seen) > MAX_PARSE_STACKS:
+                self._expansions += 1
+                if len(seen) > MAX_PARSE_STACKS or self._expansions > MAX_STEP_EXPANSIONS:
                     raise _too_ambiguous()
                 if not st:
                     res.add(st)
@@ -566,6 +574,7 @@ class Grammar:
         nxt = self._trans[state].get(cp)
         if nxt is None:
             out: set = set()
+            self._expansions = 0
             for st in self._states[state]:
                 if st and st[-1] in self.chars and self._match_char(st[-1], cp):
                     after = self.chars[st[-1]].after
@@ -586,6 +595,7 @@ class Grammar:
 
     def token_step(self, state: int, token_id: int) -> int:
         out: set = set()
+        self._expansions = 0
         for st in self._states[state]:
             if st:
                 t, v = self.elems[st[-1]]
