@@ -10,8 +10,8 @@ import pytest
 
 from zigllama_lib.foundation.errors import ZigLlamaError
 from zigllama_lib.foundation.gguf import GGUFFile
-from zigllama_lib.inference.grammar import (MAX_PARSE_STACKS, MAX_STEP_EXPANSIONS, Grammar, GrammarError, GrammarMatcher, TokenTrie,
-                                           decode_utf8)
+from zigllama_lib.inference.grammar import (MAX_PARSE_STACKS, MAX_STEP_EXPANSIONS, Grammar, GrammarError,
+                                           GrammarMatcher, TokenTrie, decode_utf8)
 from zigllama_lib.models.tokenizer import Tokenizer
 
 from oracles import llama_cpp_source_tree
