@@ -72,9 +72,10 @@ MAX_REPETITION_THRESHOLD = 2000  # llama.cpp's cap on {m,n}
 # an ambiguous repetition such as ``root ::= "a" | root{2,7}`` multiplies them with every
 # character (found by fuzzing: over 10^5 after four characters). Past this a GrammarError.
 MAX_PARSE_STACKS = 4096
-# Stack expansions one step may make (every stack popped in _advance, cached results free): nested
-# repetitions such as ``.+++*{323}`` keep fewer stacks than the cap but expand hundreds per stack
-# per character (found by fuzzing: seconds per character). llama.cpp's json.gbnf needs < 100.
+# Work one step may do: every stack popped in _advance counts 1 + depth / 8 (cached results are
+# free). Nested repetitions such as ``.+++*{323}`` keep fewer stacks than the cap but expand
+# hundreds per stack per character, and deep stacks cost their copies (both found by fuzzing:
+# seconds per character). llama.cpp's json.gbnf needs < 100.
 MAX_STEP_EXPANSIONS = 100_000
 
 
@@ -438,6 +439,9 @@ class Grammar:
             if t in (CHAR, CHAR_NOT, CHAR_ANY):  # the first element of a char class or literal char
                 self._compile_char(p)
         self._advance_cache: dict[tuple[int, ...], frozenset] = {}
+        # each rule's alternatives as their first element's position (None: an empty alternative), so an
+        # expansion does not rescan a long rule for its "|"s (found by fuzzing: 12 million scans per step)
+        self._alternatives: list[tuple[int | None, ...]] = [self._rule_alternatives(o) for o in self.offsets]
         # Lazily built automaton over stack sets (shared by every matcher of this grammar).
         self._states: list[frozenset] = [frozenset()]  # state 0 = dead (no stack)
         self._state_ids: dict[frozenset, int] = {frozenset(): 0}
@@ -509,18 +513,21 @@ class Grammar:
     def _is_end(self, p: int) -> bool:
         return self.elems[p][0] in (END, ALT)
 
+    def _rule_alternatives(self, p: int) -> tuple[int | None, ...]:
+        starts = []
+        while True:
+            starts.append(None if self._is_end(p) else p)
+            while not self._is_end(p):
+                p += 1
+            if self.elems[p][0] != ALT:
+                return tuple(starts)
+            p += 1
+
     def _initial_stacks(self) -> frozenset:
         out: set = set()
         self._expansions = 0
-        p = self.offsets[self.root_id]
-        while True:
-            self._advance((p,) if not self._is_end(p) else (), out)
-            while not self._is_end(p):
-                p += 1
-            if self.elems[p][0] == ALT:
-                p += 1
-            else:
-                break
+        for start in self._alternatives[self.root_id]:
+            self._advance((start,) if start is not None else (), out)
         return frozenset(out)
 
     def _advance(self, stack: tuple[int, ...], out: set) -> None:
@@ -534,7 +541,7 @@ class Grammar:
                 if st in seen:
                     continue
                 seen.add(st)
-                self._expansions += 1
+                self._expansions += 1 + len(st) // 8  # a deep stack costs its copy: weigh it by depth
                 if len(seen) > MAX_PARSE_STACKS or self._expansions > MAX_STEP_EXPANSIONS:
                     raise _too_ambiguous()
                 if not st:
@@ -544,15 +551,8 @@ class Grammar:
                 t, v = self.elems[p]
                 if t == RULE_REF:
                     base = st[:-1] + ((p + 1,) if not self._is_end(p + 1) else ())
-                    sub = self.offsets[v]
-                    while True:
-                        todo.append(base + ((sub,) if not self._is_end(sub) else ()))
-                        while not self._is_end(sub):
-                            sub += 1
-                        if self.elems[sub][0] == ALT:
-                            sub += 1
-                        else:
-                            break
+                    for sub in self._alternatives[v]:
+                        todo.append(base + ((sub,) if sub is not None else ()))
                 else:
                     res.add(st)
             cached = self._advance_cache[stack] = frozenset(res)
