@@ -34,6 +34,6 @@ def TestOneInput(data: bytes) -> None:
     try:
         Grammar.parse(gbnf)
     except ZigLlamaError as e:
-        if "too large" in str(e) or "limit" in str(e):
-            return
+        if "too large" in str(e) or "limit" in str(e) or "too ambiguous" in str(e):
+            return  # a resource limit, named (an ambiguous pattern such as ^(a*)*$ is refused, not a bug)
         raise AssertionError(f"the converter wrote GBNF our parser rejects: {e}\n{gbnf[:2000]}") from None
