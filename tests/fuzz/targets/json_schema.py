@@ -34,6 +34,7 @@ def TestOneInput(data: bytes) -> None:
     try:
         Grammar.parse(gbnf)
     except ZigLlamaError as e:
-        if "too large" in str(e) or "limit" in str(e) or "too ambiguous" in str(e):
-            return  # a resource limit, named (an ambiguous pattern such as ^(a*)*$ is refused, not a bug)
+        if any(named in str(e) for named in ("too large", "limit", "too ambiguous", "left recursion")):
+            return  # a named refusal: a resource limit, or a pattern such as ^(a*)*$ whose nested nullable
+            # repetition is left-recursive GBNF (llama.cpp's converter writes the same and its parser refuses it)
         raise AssertionError(f"the converter wrote GBNF our parser rejects: {e}\n{gbnf[:2000]}") from None
