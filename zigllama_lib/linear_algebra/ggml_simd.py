@@ -778,6 +778,8 @@ def _mm_tiles_parallel(raw, kind, xq, xd, xs, out):
         while t < n_tok:
             step = _pass_width(kind, t, n_tok)
             for r in range(r0, r1):
+                if t == 0 and r + PREFETCH_ROWS < n_out:  # first pass over the tile: rows come from DRAM
+                    prefetch_row(w0 + (r + PREFETCH_ROWS) * row_stride, row_stride)
                 _row_pass(w0, row_stride, r, kind, t, step, xq, xd, xs, out)
             t += step
 
