@@ -1,4 +1,4 @@
-"""The ``zigllama`` command: generate, chat, serve, bench-serve, pull, inspect, bench, bench-batch, profile, parity.
+"""The ``zigllama`` command: generate, chat, serve, bench-serve, pull, inspect, bench, bench-batch, bench-kernels, profile, parity.
 
     zigllama generate "The capital of France is"          # default model, greedy
     zigllama generate "Once upon a time" --temperature 0.8 --top-p 0.95 --seed 1
@@ -288,6 +288,19 @@ def _cmd_bench_batch(args) -> int:
     return 0
 
 
+def _cmd_bench_kernels(args) -> int:
+    from .inference import bench_kernels
+
+    types = {t.strip() for t in args.types.split(",") if t.strip()} if args.types else None
+    result = bench_kernels.run(args.model, n_tok=args.n_tok, rounds=args.rounds, reps=args.reps, copies=args.copies,
+                               n_threads=args.threads, llama_cpp=args.llama_cpp, layer=args.layer, types=types)
+    print(bench_kernels.format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def _cmd_bench(args) -> int:
     import importlib.util
 
@@ -474,6 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'auto' (native if installed, else the pinned build), 'native', 'installed' or a folder")
     bb.add_argument("--json", help="also write the result as JSON to this file")
     bb.set_defaults(func=_cmd_bench_batch)
+
+    bk = sub.add_parser("bench-kernels", help="one matrix product per weight type of a layer: our kernels vs "
+                                              "ggml's mul_mat on the same bytes (a llama.cpp build's libggml)")
+    bk.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                    help=f"registry name ({', '.join(sorted(REGISTRY))}) or path to a .gguf (default: {DEFAULT_MODEL})")
+    bk.add_argument("--threads", "-t", type=int, default=None, help="kernel threads (default: all cores)")
+    bk.add_argument("--n-tok", type=_positive_int, default=128, help="tokens per product (default 128, a prefill)")
+    bk.add_argument("--layer", type=int, default=0, help="whose matrices (default 0)")
+    bk.add_argument("--types", default=None, help="only these weight types, comma-separated (e.g. Q5_0,Q4_K)")
+    bk.add_argument("--rounds", type=_positive_int, default=3, help="interleaved rounds; medians reported")
+    bk.add_argument("--reps", type=_positive_int, default=5, help="timings per round; the best is kept")
+    bk.add_argument("--copies", type=_positive_int, default=8, help="products per timing")
+    bk.add_argument("--llama-cpp", default="auto", metavar="BUILD",
+                    help="'auto' (native if installed, else the pinned build), 'native', 'installed' or a folder")
+    bk.add_argument("--json", help="also write the result as JSON to this file")
+    bk.set_defaults(func=_cmd_bench_kernels)
 
     pr = sub.add_parser("profile", help="where a decode step and a prefill spend their time, against the machine")
     pr.add_argument("--model", "-m", default=DEFAULT_MODEL,
