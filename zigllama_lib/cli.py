@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "ggml's mul_mat on the same bytes (a llama.cpp build's libggml)")
     bk.add_argument("--model", "-m", default=DEFAULT_MODEL,
                     help=f"registry name ({', '.join(sorted(REGISTRY))}) or path to a .gguf (default: {DEFAULT_MODEL})")
-    bk.add_argument("--threads", "-t", type=int, default=None, help="kernel threads (default: all cores)")
+    bk.add_argument("--threads", "-t", type=_positive_int, default=None, help="kernel threads (default: all cores)")
     bk.add_argument("--n-tok", type=_positive_int, default=128, help="tokens per product (default 128, a prefill)")
     bk.add_argument("--layer", type=int, default=0, help="whose matrices (default 0)")
     bk.add_argument("--types", default=None, help="only these weight types, comma-separated (e.g. Q5_0,Q4_K)")

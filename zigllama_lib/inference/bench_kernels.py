@@ -119,8 +119,7 @@ def _time_ours(w: QMatrix, x: np.ndarray, copies: int, reps: int) -> tuple[float
 
 
 def run(model: str, n_tok: int = 128, rounds: int = 3, reps: int = 5, copies: int = 8, n_threads: int | None = None,
-        llama_cpp: str = "auto", layer: int = 0, seed: int = 0, types: set[str] | None = None,
-        work_dir: str | None = None) -> dict:
+        llama_cpp: str = "auto", layer: int = 0, seed: int = 0, types: set[str] | None = None) -> dict:
     """Time every case of :func:`layer_cases` (optionally only ``types``, e.g. ``{"Q5_0"}``), ours then ggml,
     ``rounds`` times; returns the cases with per-round seconds, medians, ratios and ``max_abs_diff``."""
     import tempfile
@@ -130,6 +129,7 @@ def run(model: str, n_tok: int = 128, rounds: int = 3, reps: int = 5, copies: in
             raise ConfigError(f"bench-kernels: {label} must be at least 1, got {v}")
     path = resolve_model(model)
     gguf = GGUFFile(str(path))
+    types = None if types is None else {t.upper() for t in types}
     cases = [c for c in layer_cases(gguf, layer) if types is None or GGMLType(c["ggml_type"]).name in types]
     if not cases:
         raise ConfigError(f"no matrix of types {sorted(types or [])} in layer {layer}")
@@ -137,13 +137,13 @@ def run(model: str, n_tok: int = 128, rounds: int = 3, reps: int = 5, copies: in
     before = get_threads()
     threads = set_threads(n_threads)
     rng_x = {c["name"]: np.random.default_rng(seed).standard_normal((n_tok, c["n_in"])).astype(np.float32) for c in cases}
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         for i, c in enumerate(cases):
             c["out"] = f"{tmp}/ggml_{i}.npy"
             c["ours_s"], c["ggml_s"] = [], []
         child_keys = ("ggml_type", "n_in", "n_out", "offset", "n_bytes", "out")
-        payload = {"gguf": str(path), "cases": [{k: c[k] for k in child_keys} for c in cases], "n_tok": n_tok, "seed": seed, "copies": copies, "reps": reps,
-                   "threads": threads}
+        payload = {"gguf": str(path), "cases": [{k: c[k] for k in child_keys} for c in cases], "n_tok": n_tok,
+                   "seed": seed, "copies": copies, "reps": reps, "threads": threads}
         try:
             for _ in range(rounds):
                 for c in cases:
@@ -161,8 +161,8 @@ def run(model: str, n_tok: int = 128, rounds: int = 3, reps: int = 5, copies: in
         c["type"] = GGMLType(c["ggml_type"]).name
         c["ours_ms"] = 1e3 * statistics.median(c["ours_s"])
         c["ggml_ms"] = 1e3 * statistics.median(c["ggml_s"])
-        c["ratio"] = statistics.median(g / o for g, o in zip(c["ggml_s"], c["ours_s"]))
-        c["ratios"] = [g / o for g, o in zip(c["ggml_s"], c["ours_s"])]
+        c["ratios"] = [g / o for g, o in zip(c["ggml_s"], c["ours_s"])]  # per round: ggml ms / ours ms
+        c["ratio"] = statistics.median(c["ratios"])
         flops = 2.0 * n_tok * c["n_in"] * c["n_out"]
         c["ours_gflops"], c["ggml_gflops"] = flops / c["ours_ms"] / 1e6, flops / c["ggml_ms"] / 1e6
     return {"model": str(path), "n_tok": n_tok, "threads": threads, "rounds": rounds, "reps": reps, "copies": copies,
