@@ -16,6 +16,7 @@ import ctypes
 import numpy as np
 import pytest
 
+from zigllama_lib.foundation.errors import ConfigError
 from zigllama_lib.foundation.ggml_types import GGMLType
 from zigllama_lib.linear_algebra import ggml_simd
 from zigllama_lib.linear_algebra.kquants import SIZEOF_BLOCK_Q4_K, SIZEOF_BLOCK_Q6_K
@@ -233,3 +234,28 @@ def test_real_gemma_kquant_matrices(gemma_path, ggml_cpu):
     _same_bits(ggml_simd.matmul_simd(q4k, x), ggml_repacked_q4_K(ggml_cpu, q4k, x))
     x = rng.standard_normal((2, q6k.n_in)).astype(np.float32)
     _same_bits(ggml_simd.matmul_simd(q6k, x), ggml_vec_dot_q6_K(ggml_cpu, q6k, x))
+
+
+@pytest.mark.parametrize("n_tok", [4, 5, 8, 12, 17, 33])
+def test_q4_K_repacked_copy_gives_the_row_kernels_bits(n_tok):
+    """Prefill runs Q4_K on a copy with eight rows per vector (ggml_repack): other integer sums, the
+    same float operations per lane, so the row kernel's bits (the ggml tests above cover both)."""
+    rng = np.random.default_rng(70 + n_tok)
+    w = random_kquant(GGMLType.Q4_K, 48, 768, rng)
+    x = _activations(rng, n_tok, w.n_in)
+    planes = ggml_simd.quantize_activations(w.qtype, x)
+    rows = np.empty((n_tok, w.n_out), np.float32)
+    ggml_simd._mm_tiles_parallel(w.raw, ggml_simd.KIND_Q4_K, *planes, rows)
+    assert w.q4_K_x8 is None
+    _same_bits(ggml_simd.matmul_simd(w, x), rows)
+    assert w.q4_K_x8 is not None and w.q4_K_x8.shape == (48 // 8, 768 // 256, 1184)
+
+
+def test_q4_K_repack_refuses_partial_groups():
+    from zigllama_lib.linear_algebra.ggml_repack import repack_q4_K_x8
+
+    w = random_kquant(GGMLType.Q4_K, 12, 256, np.random.default_rng(80))
+    with pytest.raises(ConfigError, match="multiple of 8 rows"):
+        repack_q4_K_x8(w.raw)
+    ggml_simd.matmul_simd(w, np.ones((8, 256), np.float32))  # 12 rows: the row kernel, no copy
+    assert w.q4_K_x8 is None

@@ -829,10 +829,24 @@ def share_input(x: np.ndarray) -> SharedInput:
     return view
 
 
+def _uses_q4_K_x8(w: QMatrix, n_tok: int) -> bool:
+    """Whether a product of ``w`` with ``n_tok`` tokens runs on the repacked Q4_K copy
+    (:mod:`.ggml_repack`: the same bits, eight rows per vector): prefill-sized batches of a Q4_K
+    matrix with a multiple of 8 rows, outside :func:`batch_invariant_kernels`."""
+    return (w.qtype == GGMLType.Q4_K and n_tok >= TOKENS_PER_PASS and w.n_out % 8 == 0
+            and not _ROW_KERNELS_ONLY.get())
+
+
 def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """``y (n_tok, n_out)`` for activations already quantised by :func:`quantize_activations`."""
-    out = np.empty((xq.shape[0], w.n_out), np.float32)
     n_tok = xq.shape[0]
+    if _uses_q4_K_x8(w, n_tok):
+        from .ggml_repack import matmul_q4_K_x8, repack_q4_K_x8  # it builds on this module's IR helpers
+
+        if w.q4_K_x8 is None:
+            w.q4_K_x8 = repack_q4_K_x8(w.raw)
+        return matmul_q4_K_x8(w.q4_K_x8, xq, xd, xs)
+    out = np.empty((n_tok, w.n_out), np.float32)
     if w.n_out * n_tok < 64:
         kernel = _mm_serial
     else:

@@ -142,6 +142,8 @@ class QMatrix:
         self.n_in = int(n_in)
         self.n_out = int(rows.shape[0])
         self._packed: tuple[np.ndarray, ...] | None = None
+        # Q4_K: eight rows interleaved for prefill, built by ggml_simd on first use (see ggml_repack)
+        self.q4_K_x8: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
