@@ -178,3 +178,27 @@ def test_round_f16_matches_numpy():
     nan = np.isnan(want)
     np.testing.assert_array_equal(np.isnan(got), nan)
     np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+@pytest.mark.parametrize("n_tok", [1, 9])
+def test_vector_quantisers_and_the_portable_fallback_agree(n_tok):
+    """q8_simd (the AVX2 vector code, held against ggml in test_ggml_ops.py) and the Numba kernels it
+    replaces there (kept for CPUs without AVX2) give the same planes on finite inputs, zero blocks too."""
+    from zigllama_lib.linear_algebra import q8, q8_simd
+
+    if not q8_simd.AVAILABLE:
+        pytest.skip("this CPU has no AVX2 + F16C: only the fallback runs")
+    x = activations(n_tok, 768, seed=40 + n_tok)
+    x[0, :256] = 0.0  # a zero Q8_K super-block and eight zero 32-blocks
+    for with_sum in (False, True):
+        xT, xd, xs = q8.q8_32_T(x, True, with_sum, 32)
+        fast = q8_simd.q8_32_planes(x, with_sum)
+        np.testing.assert_array_equal(fast[0], xT.reshape(x.shape))
+        np.testing.assert_array_equal(fast[1].view(np.uint32), xd.view(np.uint32))
+        if with_sum:
+            np.testing.assert_array_equal(fast[2].view(np.uint32), xs.view(np.uint32))
+    xT, xd, bsums = q8.q8_K_T(x, 16)
+    fast = q8_simd.q8_K_planes(x)
+    np.testing.assert_array_equal(fast[0], xT.reshape(x.shape))
+    np.testing.assert_array_equal(fast[1].view(np.uint32), xd.view(np.uint32))
+    np.testing.assert_array_equal(fast[2], bsums)

@@ -801,8 +801,7 @@ def quantize_activations(qtype: GGMLType, x: np.ndarray):
     if qtype == GGMLType.Q4_1:
         return quantize_q8_32_planes(x, True, "x86")
     if qtype in (GGMLType.Q4_K, GGMLType.Q6_K):
-        xq, xd, bsums = quantize_q8_K_planes(x)
-        return xq, xd, bsums.astype(np.int16)
+        return quantize_q8_K_planes(x)
     xq, xd = quantize_q8_32_planes(x, False, "x86")
     return xq, xd, np.zeros_like(xd)
 

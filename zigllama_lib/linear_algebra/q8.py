@@ -35,6 +35,7 @@ from numba import njit, prange
 
 from ..foundation.errors import ConfigError
 from ..foundation.ggml_types import QK_K
+from . import q8_simd
 from .half import to_f16
 
 QK8_0 = QK8_1 = 32
@@ -339,14 +340,19 @@ def quantize_q8_32_planes(x: np.ndarray, with_sum: bool, variant: str = "ref"):
     ``(n_tok, n/32)``: exactly the values the block bytes of :func:`quantize_q8_0` / ``_1`` hold."""
     _check_variant(variant)
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if variant == "x86" and q8_simd.AVAILABLE and x.ndim == 2 and x.shape[1] % 32 == 0:
+        xq, xd, xs = q8_simd.q8_32_planes(x, with_sum)  # the same values, as vector code
+        return (xq, xd, xs) if with_sum else (xq, xd)
     xT, xd, xs = q8_32_T(x, variant == "x86", with_sum, 32)  # K = 32: the lane layout is the plain one
     xq = xT.reshape(x.shape)
     return (xq, xd, xs) if with_sum else (xq, xd)
 
 
 def quantize_q8_K_planes(x: np.ndarray):
-    """Q8_K of ``x (n_tok, n)`` with the Numba kernel: ``xq int8 (n_tok, n)``, ``xd float32 (n_tok, n/256)``,
-    ``bsums int32 (n_tok, n/16)``."""
+    """Q8_K of ``x (n_tok, n)``: ``xq int8 (n_tok, n)``, ``xd float32 (n_tok, n/256)``,
+    ``bsums int16 (n_tok, n/16)`` (:mod:`.q8_simd`'s vector code where the CPU has AVX2, else the Numba kernel)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if q8_simd.AVAILABLE and x.ndim == 2 and x.shape[1] % QK_K == 0:
+        return q8_simd.q8_K_planes(x)
     xT, xd, bsums = q8_K_T(x, 16)  # K = 16: the lane layout is the plain one
-    return xT.reshape(x.shape), xd, bsums
+    return xT.reshape(x.shape), xd, bsums.astype(np.int16)
