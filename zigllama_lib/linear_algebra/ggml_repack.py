@@ -192,7 +192,8 @@ def dot_q4_K_x8(typingctx, n_tok, gemv, w_addr, nb, x_addr, x_stride, xd_addr, x
 def _group_pass(w, nb, step, xq, xd, xs, t, out, r0):
     """Group at ``w`` (rows ``r0 .. r0+7``) times tokens ``t .. t+step-1``: four at a time in the gemm
     order (8 or 4), one at a time in the gemv order."""
-    xa, xda, xsa = xq[t].ctypes.data, xd[t].ctypes.data, xs[t].ctypes.data
+    xa, xda, xsa = (xq.ctypes.data + t * xq.strides[0], xd.ctypes.data + t * xd.strides[0],
+                    xs.ctypes.data + t * xs.strides[0])  # addresses: a view per call costs more than a pass
     oa = out.ctypes.data + t * out.strides[0] + r0 * 4
     if step == 8:
         dot_q4_K_x8(8, 0, w, nb, xa, xq.strides[0], xda, xd.strides[0], xsa, xs.strides[0], oa, out.strides[0])

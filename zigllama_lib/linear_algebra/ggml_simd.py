@@ -279,6 +279,7 @@ def _sign(builder, qy, qw):
 
 
 # -- the dot product ----------------------------------------------------------------------
+SCALE_CHUNK = 64  # Q8_0 / Q5_0: blocks whose d_w * d_x products are staged on the stack at a time
 TOKENS_PER_PASS = 4  # prefill: tokens that share one unpacking of a weight block
 WIDE_PASS = 8  # tiled Q6_K: tokens per pass (ggml-cpu's tiled kernel also works on 8 columns at once)
 BLOCK_BYTES = {KIND_Q4_1: SIZEOF_BLOCK_Q4_1, KIND_Q8_0: SIZEOF_BLOCK_Q8_0, KIND_Q5_0: SIZEOF_BLOCK_Q5_0,
@@ -331,16 +332,25 @@ def _emit_q32(builder, kind: int, n_t: int, args, nb):
         with cgutils.for_range(builder, nb) as loop:
             one_block(loop.index)
     else:
-        n4 = builder.udiv(nb, const(4))
-        with cgutils.for_range(builder, n4) as loop:
-            b0 = builder.mul(loop.index, const(4))
-            blocks = [builder.add(b0, const(i)) for i in range(4)]
-            d_w4 = _load_f16x4(builder, [block_addr(b) for b in blocks])
-            products = [builder.fmul(d_w4, _load(builder, _vec(F32, 4), op.xd, builder.mul(b0, const(4)), 4))
-                        for op in tok]  # d_w * d_x of the four blocks, per token
-            for i, b in enumerate(blocks):
-                one_block(b, [builder.extract_element(p, ir.Constant(I32, i)) for p in products])
-        with cgutils.for_range_slice(builder, builder.mul(n4, const(4)), nb, const(1)) as (b, _):
+        # d_w * d_x of SCALE_CHUNK blocks per token go to a stack buffer first, four blocks per
+        # conversion and multiply; the block loop then reads each as a memory operand broadcast
+        # into its FMA (``{1to8}``), where extracting it from a register cost two shuffles.
+        scratch = builder.ptrtoint(cgutils.alloca_once(builder, ir.ArrayType(F32, SCALE_CHUNK * n_t)), I64)
+        scale_at = lambda t, j: builder.add(scratch, builder.mul(builder.add(const(t * SCALE_CHUNK), j), const(4)))  # noqa: E731
+        n4x4 = builder.mul(builder.udiv(nb, const(4)), const(4))
+        with cgutils.for_range_slice(builder, const(0), n4x4, const(SCALE_CHUNK)) as (c0, _):
+            c1 = builder.select(builder.icmp_unsigned("<", builder.add(c0, const(SCALE_CHUNK)), n4x4),
+                                builder.add(c0, const(SCALE_CHUNK)), n4x4)
+            with cgutils.for_range_slice(builder, c0, c1, const(4)) as (b0, _):
+                d_w4 = _load_f16x4(builder, [block_addr(builder.add(b0, const(i))) for i in range(4)])
+                for t, op in enumerate(tok):
+                    product = builder.fmul(d_w4, _load(builder, _vec(F32, 4), op.xd, builder.mul(b0, const(4)), 4))
+                    builder.store(product, builder.inttoptr(scale_at(t, builder.sub(b0, c0)), _vec(F32, 4).as_pointer()), align=4)
+            with cgutils.for_range_slice(builder, c0, c1, const(4)) as (b0, _):
+                for i in range(4):
+                    b = builder.add(b0, const(i))
+                    one_block(b, [_load(builder, F32, scale_at(t, builder.sub(b, c0)), 0, 4) for t in range(n_t)])
+        with cgutils.for_range_slice(builder, n4x4, nb, const(1)) as (b, _):
             one_block(b)
     for t, op in enumerate(tok):
         total = _hsum8(builder, builder.load(accs[t]))
@@ -730,8 +740,9 @@ def _pass_width(kind, t, n_tok):
 @njit(cache=True, inline="always")
 def _row_pass(w0, row_stride, r, kind, t, step, xq, xd, xs, out):
     """Row ``r`` times tokens ``t .. t+step-1`` (``out`` C-contiguous)."""
-    dot_any(kind, step, w0 + r * row_stride, xq[t].ctypes.data, xq.strides[0], xd[t].ctypes.data, xd.strides[0],
-            xs[t].ctypes.data, xs.strides[0], xd.shape[1], out[t, r:].ctypes.data, out.strides[0])
+    dot_any(kind, step, w0 + r * row_stride, xq.ctypes.data + t * xq.strides[0], xq.strides[0],
+            xd.ctypes.data + t * xd.strides[0], xd.strides[0], xs.ctypes.data + t * xs.strides[0], xs.strides[0],
+            xd.shape[1], out.ctypes.data + t * out.strides[0] + r * out.strides[1], out.strides[0])
 
 
 @njit(cache=True, inline="always")

@@ -176,7 +176,8 @@ def quantize_row(typingctx, kind, x_addr, nb, q_addr, d_addr, s_addr):
 
 @njit(cache=True, inline="always")
 def _row(kind, x, t, q, d, s):
-    xa, qa, da, sa = x[t].ctypes.data, q[t].ctypes.data, d[t].ctypes.data, s[t].ctypes.data
+    xa, qa = x.ctypes.data + t * x.strides[0], q.ctypes.data + t * q.strides[0]
+    da, sa = d.ctypes.data + t * d.strides[0], s.ctypes.data + t * s.strides[0]
     if kind == 0:
         quantize_row(0, xa, d.shape[1], qa, da, sa)
     elif kind == 1:

@@ -100,11 +100,12 @@ def _dots_tinyblas(a, first, last, b, n, out):
     """``out[r] = _dot_tinyblas(a[r], b, n)`` for rows ``first .. last-1`` of ``a`` (rows contiguous in
     their last axis), :data:`ROWS_PER_PASS` at a time."""
     r = first
+    a0, b0, o0 = a.ctypes.data, b.ctypes.data, out.ctypes.data  # addresses, not a view per pass
     while r + ROWS_PER_PASS <= last:
-        dot_f32_lanes8_rows(8, a[r].ctypes.data, a.strides[0], b.ctypes.data, n, out[r:].ctypes.data)
+        dot_f32_lanes8_rows(8, a0 + r * a.strides[0], a.strides[0], b0, n, o0 + r * out.strides[0])
         r += ROWS_PER_PASS
     while r < last:
-        out[r] = dot_f32_lanes8(a[r].ctypes.data, b.ctypes.data, n)
+        out[r] = dot_f32_lanes8(a0 + r * a.strides[0], b0, n)
         r += 1
 
 
