@@ -32,8 +32,10 @@ of :data:`ROW_TILE` rows and runs each tile over the batch group by group
 (:func:`_mm_tiles_parallel`), so a group's activations stay in L1.
 
 The kernels read the weight rows straight from the GGUF bytes (the
-memory-mapped file: no repacking, no copy) and the activations from the planes
-of :func:`.q8.quantize_q8_32_planes` / :func:`.q8.quantize_q8_K_planes`. One
+memory-mapped file: no copy) and the activations from the planes
+of :func:`.q8.quantize_q8_32_planes` / :func:`.q8.quantize_q8_K_planes`. One exception: a Q4_K
+prefill runs on a copy with eight rows per vector (:mod:`.ggml_repack`, the same bits), built on
+the matrix's first prefill. One
 trap, measured: left to itself LLVM loads a block's float16 scale with
 ``vpinsrw`` into whatever vector register is at hand -- often the accumulator --
 which chains every block to the previous block's FMA and doubled the cost of a
