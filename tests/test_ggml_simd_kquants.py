@@ -244,8 +244,7 @@ def test_q4_K_repacked_copy_gives_the_row_kernels_bits(n_tok):
     w = random_kquant(GGMLType.Q4_K, 48, 768, rng)
     x = _activations(rng, n_tok, w.n_in)
     planes = ggml_simd.quantize_activations(w.qtype, x)
-    rows = np.empty((n_tok, w.n_out), np.float32)
-    ggml_simd._mm_tiles_parallel(w.raw, ggml_simd.KIND_Q4_K, *planes, rows)
+    rows = ggml_simd.matmul_q8_planes(w, *planes, repacked=False)
     assert w.q4_K_x8 is None
     _same_bits(ggml_simd.matmul_simd(w, x), rows)
     assert w.q4_K_x8 is not None and w.q4_K_x8.shape == (48 // 8, 768 // 256, 1184)

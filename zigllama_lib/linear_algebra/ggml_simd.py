@@ -849,10 +849,13 @@ def _uses_q4_K_x8(w: QMatrix, n_tok: int) -> bool:
             and not _ROW_KERNELS_ONLY.get())
 
 
-def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """``y (n_tok, n_out)`` for activations already quantised by :func:`quantize_activations`."""
+def matmul_q8_planes(w: QMatrix, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray,
+                     repacked: bool | None = None) -> np.ndarray:
+    """``y (n_tok, n_out)`` for activations already quantised by :func:`quantize_activations`.
+    ``repacked``: a Q4_K batch on the eight-rows-per-vector copy (True, where it applies) or on the
+    file's rows (False); None picks the copy where it applies. The bits are the same either way."""
     n_tok = xq.shape[0]
-    if _uses_q4_K_x8(w, n_tok):
+    if _uses_q4_K_x8(w, n_tok) if repacked is None else (repacked and _uses_q4_K_x8(w, n_tok)):
         from .ggml_repack import matmul_q4_K_x8, repack_q4_K_x8  # it builds on this module's IR helpers
 
         if w.q4_K_x8 is None:
