@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,16 +98,22 @@ def run_target(target: str, seconds: int, cpu: int | None = 1, timeout: int = 10
            str(work)] + [str(d) for d in (seeds, real) if d.is_dir() and any(d.iterdir())]
     if cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
+    # The fuzzer runs as a grandchild, forked by a shell: libFuzzer's RSS limit reads the peak RSS
+    # (getrusage's ru_maxrss), which Linux carries across fork + exec, so a child of a large process
+    # (pytest after a model-sized test) would start "out of memory". A new process's peak starts at 0.
+    cmd = ["sh", "-c", '"$@" & wait $!', "sh", *cmd]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            errors="replace", start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, errors="replace",
-                              timeout=seconds + 120)
-        out, rc = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode("utf-8", "replace") + (e.stderr or b"").decode("utf-8", "replace")
+        stdout, stderr = proc.communicate(timeout=seconds + 120)
+        out, rc = stdout + stderr, proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the shell and the fuzzer
+        stdout, stderr = proc.communicate()
         rc = -9
-        out += "\nRUNNER: the fuzzer did not stop in time (killed)"
+        out = (stdout or "") + (stderr or "") + "\nRUNNER: the fuzzer did not stop in time (killed)"
     elapsed = time.monotonic() - t0
     if verbose:
         print(out)
