@@ -44,8 +44,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..foundation.errors import ConfigError
-from .ggml_simd import (HAS_VNNI_256, I8, I16, I32, I64, F16, F32, _function, _load, _maddubs, _maddwd, _pairs,
-                        _splat, _vec)
+from .ggml_simd import (HAS_VNNI_256, I8, I16, I32, I64, F16, F32, KIND_Q4_K, _function, _load, _maddubs, _maddwd,
+                        _pairs, _pass_width, _splat, _vec)
 from .kquants import QK_K, SIZEOF_BLOCK_Q4_K, scale_min_k4
 
 X8_ROWS = 8  # rows per repacked group: the lanes of one <8 x i32>
@@ -217,7 +217,7 @@ def _mm_q4_K_x8_parallel(packed, xq, xd, xs, out):
         g1 = min(n_groups, g0 + GROUPS_PER_TILE)
         t = 0
         while t < n_tok:
-            step = 8 if t + 8 <= n_tok else (4 if t + 4 <= n_tok else 1)
+            step = _pass_width(KIND_Q4_K, t, n_tok)  # 8, 4 or 1, as the row kernel's passes
             for g in range(g0, g1):
                 _group_pass(w0 + g * g_stride, nb, step, xq, xd, xs, t, out, g * X8_ROWS)
             t += step
